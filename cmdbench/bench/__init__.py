@@ -1,0 +1,1 @@
+"""The harness: result records, the bench runner, tables, plots and regression verdicts."""

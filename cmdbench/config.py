@@ -1,0 +1,158 @@
+"""Typed, frozen configuration. Every run saves its resolved config beside its records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from cmdbench.interfaces import DTYPES
+from cmdbench.seeding import parse_seeds
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """One sampling setting. ``None`` fields take the generator's defaults."""
+
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "height", "width", "steps"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"SamplingConfig.{name}={v!r}; allowed: a positive integer or None")
+        if self.batch_size < 1:
+            raise ValueError(f"SamplingConfig.batch_size={self.batch_size}; allowed: >= 1")
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """Latency measurement: ``warmup`` untimed calls, then repeat until both minimums are met."""
+
+    warmup: int = 1
+    min_repeats: int = 3
+    min_seconds: float = 0.0
+    max_repeats: int = 100
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.min_repeats < 1 or self.max_repeats < self.min_repeats:
+            raise ValueError(f"invalid TimingConfig {self}; need warmup>=0, 1<=min_repeats<=max_repeats")
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """Every knob of a Fréchet-distance video protocol (see ``cmdbench.metrics.fvd`` presets).
+
+    value_range: range the extractor's input is scaled to, e.g. (-1.0, 1.0).
+    resize: ``"whole"`` (bilinear resize of the whole frame, TF reference) or
+        ``"short_side_crop"`` (shorter side to ``size``, centre crop; VideoGPT/PVDM).
+    ddof: covariance estimator: 1 = unbiased (TF-GAN), 0 = biased /N (StyleGAN-V).
+    sqrtm: ``"svd"`` (TF-GAN symmetric form), ``"eig"`` or ``"scipy"``.
+    """
+
+    name: str
+    extractor: str = "i3d"
+    num_real: int = 2048
+    num_fake: int = 2048
+    num_frames: int = 16
+    frame_stride: int = 1
+    size: int = 224
+    resize: str = "whole"
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    ddof: int = 1
+    sqrtm: str = "svd"
+    clip_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("whole", "short_side_crop"):
+            raise ValueError(f"EvalProtocol.resize={self.resize!r}; allowed 'whole' or 'short_side_crop'")
+        if self.ddof not in (0, 1):
+            raise ValueError(f"EvalProtocol.ddof={self.ddof}; allowed 0 (biased) or 1 (unbiased)")
+        if self.sqrtm not in ("svd", "eig", "scipy"):
+            raise ValueError(f"EvalProtocol.sqrtm={self.sqrtm!r}; allowed 'svd', 'eig', 'scipy'")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A benchmark run: generate videos with seeds, measure them, write result rows.
+
+    generator: registry name; checkpoint: ``None`` (random weights) or path/hub id;
+    seeds: seed range string, one video per seed; prompts: text prompts cycled over seeds in order
+    (``None`` uses the generator's built-in evaluation prompts); labels likewise for classes;
+    metrics: metric registry names computed on the generated videos; trackers: cost trackers
+    (``"time"``, ``"memory"``); dataset: name recorded in rows (e.g. the reference set).
+    """
+
+    generator: str
+    seeds: str = "0-3"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    checkpoint: str | None = None
+    tiny: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    prompts: tuple[str, ...] | None = None
+    labels: tuple[int, ...] | None = None
+    metrics: tuple[str, ...] = ()
+    trackers: tuple[str, ...] = ("time", "memory")
+    dataset: str = ""
+    save_videos: bool = False
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        parse_seeds(self.seeds)  # raises on a malformed range
+        if self.dtype not in DTYPES:
+            raise ValueError(f"BenchConfig.dtype={self.dtype!r}; allowed {DTYPES}")
+        unknown = set(self.trackers) - {"time", "memory"}
+        if unknown:
+            raise ValueError(f"unknown trackers {sorted(unknown)}; allowed 'time', 'memory'")
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> BenchConfig:
+        d = dict(d)
+        allowed = {f.name for f in fields(BenchConfig)}
+        extra = set(d) - allowed
+        if extra:
+            raise ValueError(f"unknown BenchConfig keys {sorted(extra)}; allowed {sorted(allowed)}")
+        if isinstance(d.get("sampling"), dict):
+            d["sampling"] = SamplingConfig(**d["sampling"])
+        for key in ("prompts", "labels", "metrics", "trackers"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
+        return BenchConfig(**d)
+
+    @staticmethod
+    def load(path: str | Path) -> BenchConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"bench config {path} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"bench config {path} is not valid JSON: {err}") from None
+        return BenchConfig.from_dict(data)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses (nested), tuples and paths -> plain JSON values."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {k: to_jsonable(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """sha256 of the canonical JSON of ``obj`` (keys sorted), first ``length`` hex digits."""
+    blob = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

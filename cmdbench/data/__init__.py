@@ -1,0 +1,1 @@
+"""Real video data: datasets and evaluation prompt lists."""
