@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -14,7 +14,7 @@ PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "
             "clip-anytorch", "pandas")
 
 
-@lru_cache(maxsize=None)
+@cache
 def git_info(path: str | None = None) -> tuple[str, bool]:
     """(sha, dirty) of the git checkout holding ``path`` (this package by default); ("unknown", False)."""
     where = Path(path) if path else Path(__file__).resolve().parent

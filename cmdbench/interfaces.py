@@ -7,7 +7,8 @@ further preprocessing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -174,3 +175,59 @@ def check_conditioning(
     else:
         if prompts is not None or labels is not None:
             raise ConditioningError(f"{gen_name} is unconditional: pass neither prompts nor labels")
+
+
+# --- Cost accounting hooks (optional parts of a generator) --------------------------------------------
+
+StageEvent = Literal["start", "end"]
+StageHook = Callable[[str, StageEvent], None]
+STAGE_NAMES = ("text_encoder", "content", "motion", "denoiser", "decoder", "vae_decoder")
+
+
+@contextmanager
+def stage(hook: StageHook | None, name: str) -> Iterator[None]:
+    """Bracket one sampling stage so a cost harness can time it: ``with stage(self.stage_hook, "decoder"):``.
+
+    Generators keep an attribute ``stage_hook: StageHook | None = None`` and wrap each stage of
+    ``sample`` (text encoding, content/motion/denoiser loops, decoders) in this context manager.
+    """
+    if hook is not None:
+        hook(name, "start")
+    try:
+        yield
+    finally:
+        if hook is not None:
+            hook(name, "end")
+
+
+@dataclass(frozen=True)
+class CostStage:
+    """One network a generator runs while sampling, described for FLOP counting.
+
+    name: stage name (one of :data:`STAGE_NAMES` where it fits, e.g. ``"denoiser"``, ``"motion"``).
+    module: the network, typically built on the meta device at full size.
+    make_inputs: ``batch_size -> kwargs`` for ``module(**kwargs)`` (tensors on the module's device)
+        reproducing one forward pass at the requested setting.
+    calls: forward calls of this module per video at the requested setting, counting only the
+        conditional pass (e.g. ``steps`` for a denoiser, 1 for a decoder).
+    guidance_passes: passes per call when classifier-free guidance is on (2: conditional + unconditional).
+    paper_convention: whether CMD's "TFLOPs" column counts this stage (denoisers yes; text encoder and
+        SD VAE decoder no; CMD's own autoencoder decoder: see the efficiency module's notes).
+    forward: optional callable ``(module, **kwargs)`` used instead of ``module(**kwargs)`` (e.g. for
+        ``vae.decode``).
+    """
+
+    name: str
+    module: torch.nn.Module
+    make_inputs: Callable[[int], dict[str, Any]]
+    calls: int
+    guidance_passes: int = 1
+    paper_convention: bool = True
+    forward: Callable[..., Any] | None = None
+
+
+@runtime_checkable
+class SupportsCost(Protocol):
+    """Generators that describe their networks for the cost harness (all built-in ones do)."""
+
+    def cost_stages(self, *, num_frames: int, height: int, width: int, steps: int) -> list[CostStage]: ...

@@ -1,0 +1,6 @@
+"""Baseline video generators. Importing this package registers every baseline in
+``cmdbench.registry.GENERATORS`` through the explicit import list below; no weights are loaded at import.
+"""
+
+# The explicit list: one import per baseline (each module registers its generator factories).
+from baselines.tiny_unet3d import generator as _tiny_unet3d  # noqa: F401
