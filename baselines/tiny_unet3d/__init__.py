@@ -1,0 +1,1 @@
+"""tiny-unet3d: the random-weight reference miniature generator (see ``generator.py``)."""
