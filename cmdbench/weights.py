@@ -19,6 +19,7 @@ compared with the host's published one by hand.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -370,7 +371,7 @@ def fetch(
             if wf.sha256 is not None and digest != wf.sha256:
                 raise CorruptWeightsError(f"sha256 {digest}, expected {wf.sha256}")
             os.replace(part, dest)
-        except (OSError, CorruptWeightsError, ValueError) as err:
+        except (OSError, http.client.HTTPException, CorruptWeightsError, ValueError) as err:
             failures.append(f"  {url}: {_describe(err)}")
             continue
         finally:
@@ -418,6 +419,8 @@ def _describe(err: BaseException) -> str:
         return f"HTTP {err.code} {err.reason}"
     if isinstance(err, urllib.error.URLError):
         return f"network error: {err.reason}"
+    if isinstance(err, http.client.IncompleteRead):
+        return f"connection closed early ({len(err.partial)} bytes in the last read)"
     return str(err) or type(err).__name__
 
 
