@@ -1,0 +1,162 @@
+"""Read frames from the three kinds of video sources cmdbench accepts.
+
+* video files (mp4, avi, webm, mkv, mov, ...) through decord (:func:`cmdbench.video.read_video`);
+* GIF files through Pillow (decord cannot measure a GIF's frame count);
+* frame directories: one image per frame (png/jpg/jpeg/bmp/webp), in natural order of file name.
+
+Every reader returns uint8 ``(T, 3, H, W)`` RGB (grayscale and palette sources are converted) and
+raises :class:`UnreadableVideoError` naming the source and the reason, never a library exception.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmdbench.video import VideoFormatError, read_video
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
+GIF_EXTENSIONS = (".gif",)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class UnreadableVideoError(VideoFormatError):
+    """A video source that cannot be opened or decoded (the message names the source)."""
+
+
+def natural_key(name: str) -> list[object]:
+    """Sort key putting ``frame2.png`` before ``frame10.png``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def source_kind(path: Path) -> str:
+    """``"video"``, ``"gif"`` or ``"frames"``; raises for anything else."""
+    if path.is_dir():
+        return "frames"
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    if suffix in GIF_EXTENSIONS:
+        return "gif"
+    allowed = ", ".join(VIDEO_EXTENSIONS + GIF_EXTENSIONS)
+    raise UnreadableVideoError(f"{path}: unsupported file type {suffix!r}; allowed {allowed} or a frame directory")
+
+
+def frame_files(directory: Path) -> list[Path]:
+    """The image files of a frame directory, in natural order; raises when there are none."""
+    try:
+        entries = list(directory.iterdir())
+    except OSError as err:
+        raise UnreadableVideoError(f"frame directory {directory} cannot be listed: {err.strerror or err}") from None
+    files = sorted((p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS), key=lambda p: natural_key(p.name))
+    if not files:
+        raise UnreadableVideoError(
+            f"frame directory {directory} holds no images; allowed {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    return files
+
+
+def count_frames(path: Path) -> int:
+    """Number of frames of a source (opens the container; decodes nothing for video files)."""
+    kind = source_kind(path)
+    if kind == "frames":
+        return len(frame_files(path))
+    _check_file(path)
+    if kind == "gif":
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                return int(getattr(im, "n_frames", 1))
+        except Exception as err:  # PIL raises many types for bad files
+            raise UnreadableVideoError(f"cannot open GIF {path}: {err}") from None
+    import decord
+
+    try:
+        return len(decord.VideoReader(str(path), ctx=decord.cpu(0)))
+    except Exception as err:  # decord raises RuntimeError / DECORDError
+        raise UnreadableVideoError(f"cannot open video file {path}: {_first_line(err)}") from None
+
+
+def read_frames(path: Path, indices: Sequence[int]) -> torch.Tensor:
+    """Decode the frames ``indices`` of a source; returns uint8 ``(len(indices), 3, H, W)`` RGB."""
+    kind = source_kind(path)
+    indices = [int(i) for i in indices]
+    if kind == "video":
+        try:
+            return read_video(path, indices)
+        except (VideoFormatError, FileNotFoundError) as err:
+            raise UnreadableVideoError(str(err)) from None
+        except Exception as err:  # decoding errors surface as DECORDError mid-stream
+            raise UnreadableVideoError(f"cannot decode frames of {path}: {_first_line(err)}") from None
+    if kind == "gif":
+        _check_file(path)
+        return _read_gif(path, indices)
+    return _read_frame_dir(path, indices)
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise UnreadableVideoError(f"video file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise UnreadableVideoError(f"video file {path} is empty (0 bytes)")
+
+
+def _to_rgb_array(image: object, where: str) -> np.ndarray:
+    rgb = image.convert("RGB")  # type: ignore[attr-defined]
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _stack(frames: list[np.ndarray], where: Path) -> torch.Tensor:
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise UnreadableVideoError(f"{where}: frames have different sizes {sorted(shapes)}")
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()  # (T, 3, H, W)
+
+
+def _read_gif(path: Path, indices: list[int]) -> torch.Tensor:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            n = int(getattr(im, "n_frames", 1))
+            _check_indices(path, indices, n)
+            frames = []
+            for i in indices:
+                im.seek(i)
+                frames.append(_to_rgb_array(im, str(path)))
+    except UnreadableVideoError:
+        raise
+    except Exception as err:
+        raise UnreadableVideoError(f"cannot decode GIF {path}: {err}") from None
+    return _stack(frames, path)
+
+
+def _read_frame_dir(directory: Path, indices: list[int]) -> torch.Tensor:
+    from PIL import Image
+
+    files = frame_files(directory)
+    _check_indices(directory, indices, len(files))
+    frames = []
+    for i in indices:
+        try:
+            with Image.open(files[i]) as im:
+                frames.append(_to_rgb_array(im, str(files[i])))
+        except Exception as err:
+            raise UnreadableVideoError(f"cannot read frame image {files[i]}: {err}") from None
+    return _stack(frames, directory)
+
+
+def _check_indices(path: Path, indices: list[int], n: int) -> None:
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise UnreadableVideoError(f"{path} has {n} frames; requested frame indices {bad[:5]} do not exist")
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
