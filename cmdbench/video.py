@@ -151,8 +151,29 @@ def read_video(path: str | Path, indices: Sequence[int] | None = None) -> torch.
     bad = [i for i in idx if not 0 <= i < n]
     if bad:
         raise VideoFormatError(f"video {path} has {n} frames; requested frame indices {bad[:5]} do not exist")
-    frames = reader.get_batch(idx).asnumpy()  # (T, H, W, 3)
+    try:
+        frames = reader.get_batch(idx).asnumpy()  # (T, H, W, 3)
+    except Exception:  # decord 0.6.0 fails on some frame widths (e.g. 16, 48): "The size must exactly match"
+        frames = _read_frames_pyav(path, idx)
     return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+
+
+def _read_frames_pyav(path: Path, indices: Sequence[int]) -> np.ndarray:
+    """Decode frames ``indices`` of ``path`` with PyAV (fallback for decord); uint8 ``(T, H, W, 3)``."""
+    import av
+
+    wanted = set(indices)
+    decoded: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                decoded[i] = frame.to_ndarray(format="rgb24")
+            if len(decoded) == len(wanted):
+                break
+    missing = sorted(wanted - set(decoded))
+    if missing:
+        raise VideoFormatError(f"video {path}: frames {missing[:5]} could not be decoded")
+    return np.stack([decoded[i] for i in indices])
 
 
 def frame_grid(videos: torch.Tensor, max_frames: int = 8, pad: int = 2) -> np.ndarray:
