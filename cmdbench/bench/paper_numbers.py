@@ -50,16 +50,16 @@ def transcribe_row(src: pd.Series) -> dict:
     hib = src["higher_is_better"]
     return {
         "run_id": RUN_ID, "created_utc": CREATED_UTC, "source": "paper", "generator": src["method"],
-        "dataset": next((name for key, name in DATASETS if key in setting), ""),
+        "dataset": next((name for key, name in DATASETS if key in setting), None),
         "protocol": src["table"], "metric": METRIC_RENAMES.get(src["metric"], src["metric"]),
-        "value": float(src["value"]), "unit": "" if pd.isna(src["unit"]) else src["unit"],
+        "value": float(src["value"]), "unit": None if pd.isna(src["unit"]) else src["unit"],
         "higher_is_better": None if pd.isna(hib) or str(hib).strip() == "" else str(hib).strip().lower() == "true",
         "height": int(size.group(1)) if size else None, "width": int(size.group(2)) if size else None,
         "num_frames": int(size.group(3)) if size else None,
         "steps": _search_int(r"DDIM (\d+) steps", setting), "batch_size": _search_int(r"batch (\d+)", setting),
         "guidance_scale": float(cfg.group(1)) if cfg else None,
-        "dtype": "float16" if "fp16" in setting else "",
-        "device_name": f"NVIDIA {device.group(0)}" if device else "",
+        "dtype": "float16" if "fp16" in setting else None,
+        "device_name": f"NVIDIA {device.group(0)}" if device else None,
         "notes": f"setting: {setting}; {src['source_note']}",
     }
 
