@@ -3,4 +3,6 @@
 """
 
 # The explicit list: one import per baseline (each module registers its generator factories).
+from baselines.lvdm import generator as _lvdm  # noqa: F401
+from baselines.modelscope import generator as _modelscope  # noqa: F401
 from baselines.tiny_unet3d import generator as _tiny_unet3d  # noqa: F401

@@ -1,0 +1,328 @@
+"""Text-to-video latent diffusion with classifier-free-guided DDIM and a per-frame SD VAE decoder.
+
+The sampling path every text-conditional latent baseline shares (ModelScope, LVDM, AnimateDiff, Latte):
+
+1. text encoding: prompts -> token ids (the checkpoint's tokenizer, or the CLIP BPE of clip-anytorch for
+   random weights) -> ``(B, L, D)`` states; the empty prompt gives the unconditional states;
+2. per-sample initial noise ``(B, 4, T, H/8, W/8)`` from one CPU generator per sample
+   (:func:`cmdbench.seeding.randn_per_sample`), so a sample never depends on its batch;
+3. DDIM (eta = 0 by default; with eta > 0 the per-step noise is drawn per sample too) with classifier-free guidance ``eps = eps_u + s (eps_c - eps_u)`` (Ho & Salimans 2022);
+4. per-frame VAE decoding of ``z / scaling_factor``, one sample at a time, then uint8 ``(B, T, 3, H, W)``.
+
+Subclasses supply the denoiser call (:meth:`predict_noise`), its cost inputs (:meth:`denoiser_inputs`)
+and the settings they cannot take (:meth:`check_frames`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler
+
+from cmdbench.interfaces import (
+    CostStage,
+    SamplingDefaults,
+    StageHook,
+    UnsupportedSettingError,
+    check_conditioning,
+    stage,
+)
+from cmdbench.seeding import randn_per_sample
+from cmdbench.video import float_to_uint8
+
+VAE_SCALE = 8  # SD VAE: 3 downsamplings, f = 8
+LATENT_CHANNELS = 4
+END_TOKEN = 49407  # CLIP BPE <|endoftext|>
+
+# The published SD VAE (ModelScope / SD 1.5 / SD 2.1-base `vae/config.json`, baselines.md §2.1).
+SD_VAE_CONFIG: dict[str, Any] = {
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+# A miniature of the same class for CPU tests (f = 8 kept: 4 blocks, 3 downsamplings).
+TINY_VAE_CONFIG: dict[str, Any] = {
+    **SD_VAE_CONFIG,
+    "block_out_channels": [8, 8, 8, 8],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "sample_size": 32,
+}
+
+Tokenize = Callable[[Sequence[str]], dict[str, torch.Tensor]]
+
+
+def clip_bpe_tokenizer(length: int, vocab_size: int | None = None, pad_id: int = 0) -> Tokenize:
+    """The CLIP BPE (clip-anytorch ships its vocabulary): prompts -> ``{"input_ids": (B, length)}``.
+
+    Used for random-weight models, which have no tokenizer files. Prompts longer than ``length`` tokens
+    are cut to ``length`` (as every CLIP-conditioned model does) with a warning naming them.
+    ``vocab_size``: fold ids into a smaller vocabulary (random-weight T5, whose real tokenizer is not
+    available offline). ``pad_id``: the id after the end token (0 as in OpenCLIP; 49407, the end token,
+    as the Hugging Face tokenizer of openai/clip-vit-large-patch14 pads).
+    """
+    import clip
+    from clip.clip import _tokenizer as bpe
+
+    def tokenize(prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        ids = clip.tokenize(list(prompts), context_length=length, truncate=True)  # (B, length) int
+        long = [i for i, p in enumerate(prompts) if len(bpe.encode(p)) + 2 > length]
+        if long:
+            warnings.warn(f"prompts {long} exceed {length} tokens and were cut to {length}", stacklevel=3)
+        ids = ids.long()
+        if pad_id != 0:
+            after_end = torch.cumsum(ids == END_TOKEN, dim=1) - (ids == END_TOKEN).long() > 0
+            ids = ids.masked_fill(after_end, pad_id)
+        if vocab_size is not None:
+            ids = ids % vocab_size
+        return {"input_ids": ids}
+
+    return tokenize
+
+
+def hf_tokenizer(tokenizer: Any, length: int, *, with_mask: bool = False) -> Tokenize:
+    """A Hugging Face tokenizer padded/cut to ``length``: prompts -> ``{"input_ids", ["attention_mask"]}``."""
+
+    def tokenize(prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        out = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True,
+                        return_tensors="pt")
+        full = tokenizer(list(prompts), padding=False, truncation=False)["input_ids"]
+        long = [i for i, ids in enumerate(full) if len(ids) > length]
+        if long:
+            warnings.warn(f"prompts {long} exceed {length} tokens and were cut to {length}", stacklevel=3)
+        result = {"input_ids": out["input_ids"].long()}
+        if with_mask:
+            result["attention_mask"] = out["attention_mask"].long()
+        return result
+
+    return tokenize
+
+
+class TextToVideoLatentGenerator:
+    """Base of the text-to-video latent baselines (see module docstring). Not registered itself.
+
+    Args:
+        name: registry key.
+        denoiser, vae, text_encoder: the networks (already on ``device`` in ``dtype``; or on meta).
+        tokenize: prompts -> token-id dict for ``text_encoder``.
+        text_length: tokens per prompt (77 for CLIP, 120 for Latte's T5).
+        scheduler_config: ``DDIMScheduler`` config dict (a fresh scheduler is built per call).
+        defaults: natural sampling setting.
+        spatial_multiple: height and width must be multiples of this (pixels).
+    """
+
+    conditioning = "text"
+    num_classes = None
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        denoiser: torch.nn.Module,
+        vae: AutoencoderKL,
+        text_encoder: torch.nn.Module,
+        tokenize: Tokenize,
+        text_length: int,
+        scheduler_config: dict[str, Any],
+        defaults: SamplingDefaults,
+        spatial_multiple: int,
+        eval_prompts: Sequence[str],
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        tokenizer: Any = None,
+        eta: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.denoiser = denoiser.eval()
+        self.vae = vae.eval()
+        self.text_encoder = text_encoder.eval()
+        self.tokenize = tokenize
+        self.tokenizer = tokenizer  # the HF tokenizer object when loaded from a checkpoint (saved with it)
+        self.text_length = text_length
+        self.scheduler_config = dict(scheduler_config)
+        self.defaults = defaults
+        self.spatial_multiple = spatial_multiple
+        self.eval_prompts = tuple(eval_prompts)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.eta = eta  # DDIM eta: 0 deterministic; > 0 draws per-sample noise every step
+        self.stage_hook: StageHook | None = None
+
+    # --- hooks for subclasses --------------------------------------------------------------------------
+
+    def check_frames(self, num_frames: int) -> None:
+        """Raise :class:`UnsupportedSettingError` for frame counts the denoiser cannot take."""
+
+    def predict_noise(
+        self, latents: torch.Tensor, t: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``(N, 4, T, h, w)`` noisy latents, scalar timestep, ``(N, L, D)`` states -> ``(N, 4, T, h, w)`` eps."""
+        raise NotImplementedError
+
+    def denoiser_inputs(self, batch: int, num_frames: int, h: int, w: int) -> dict[str, Any]:
+        """Keyword inputs of one ``denoiser(**kwargs)`` call at latent size ``(num_frames, h, w)``."""
+        raise NotImplementedError
+
+    def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompts -> ``(B, L, D)`` states (and an optional ``(B, L)`` mask); the text encoder's last layer."""
+        tokens = {k: v.to(self.device) for k, v in self.tokenize(prompts).items()}
+        states = self.text_encoder(**tokens).last_hidden_state  # (B, L, D)
+        return states.to(self.dtype), tokens.get("attention_mask")
+
+    # --- settings --------------------------------------------------------------------------------------
+
+    def check_settings(self, num_frames: int, height: int, width: int, steps: int,
+                       guidance: float | None) -> None:
+        for what, v in (("num_frames", num_frames), ("height", height), ("width", width), ("steps", steps)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UnsupportedSettingError(f"{self.name}: {what}={v!r}; allowed: a positive integer")
+        m = self.spatial_multiple
+        for what, v in (("height", height), ("width", width)):
+            if v % m:
+                raise UnsupportedSettingError(
+                    f"{self.name}: {what}={v} is not a multiple of {m}; allowed multiples of {m} "
+                    f"(VAE factor {VAE_SCALE} x the denoiser's downsampling)"
+                )
+        train_steps = self.scheduler_config["num_train_timesteps"]
+        if steps > train_steps:
+            raise UnsupportedSettingError(f"{self.name}: steps={steps}; allowed 1..{train_steps}")
+        if guidance is not None and guidance < 1.0:
+            raise UnsupportedSettingError(f"{self.name}: guidance_scale={guidance}; allowed None or >= 1.0")
+        self.check_frames(num_frames)
+
+    # --- sampling --------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        *,
+        prompts: Sequence[str] | None = None,
+        labels: Sequence[int] | None = None,
+        num_frames: int,
+        height: int,
+        width: int,
+        steps: int,
+        generator: Sequence[torch.Generator],
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor:
+        """Sample ``len(generator)`` videos; returns uint8 ``(B, T, 3, H, W)`` on the CPU."""
+        batch = len(generator)
+        if batch == 0:
+            raise ValueError(f"{self.name}: pass at least one torch.Generator (one per sample)")
+        check_conditioning(self.name, self.conditioning, batch, prompts=prompts, labels=labels)
+        if guidance_scale is None:
+            guidance_scale = self.defaults.guidance_scale
+        self.check_settings(num_frames, height, width, steps, guidance_scale)
+        use_cfg = guidance_scale is not None and guidance_scale != 1.0
+        assert prompts is not None
+
+        with stage(self.stage_hook, "text_encoder"):
+            states, mask = self.encode_text(prompts)  # (B, L, D)
+            if use_cfg:
+                null_states, null_mask = self.encode_text([""] * batch)  # (B, L, D)
+                states = torch.cat([null_states, states])  # (2B, L, D)
+                mask = None if mask is None else torch.cat([null_mask, mask])
+
+        scheduler = DDIMScheduler.from_config(self.scheduler_config)  # fresh: it keeps per-run state
+        scheduler.set_timesteps(steps, device=self.device)
+        h, w = height // VAE_SCALE, width // VAE_SCALE
+        latents = randn_per_sample(generator, (LATENT_CHANNELS, num_frames, h, w), device=self.device)
+        latents = latents * scheduler.init_noise_sigma  # (B, 4, T, h, w) float32
+
+        with stage(self.stage_hook, "denoiser"):
+            for t in scheduler.timesteps:
+                model_in = torch.cat([latents, latents]) if use_cfg else latents  # (2B|B, 4, T, h, w)
+                eps = self.predict_noise(model_in.to(self.dtype), t, states, mask).float()
+                if use_cfg:
+                    eps_null, eps_cond = eps.chunk(2)
+                    eps = eps_null + guidance_scale * (eps_cond - eps_null)  # classifier-free guidance
+                noise = None
+                if self.eta > 0:  # DDIM's stochastic part, drawn per sample like the initial noise
+                    noise = randn_per_sample(generator, latents.shape[1:], device=self.device)
+                latents = scheduler.step(eps, t, latents, eta=self.eta, variance_noise=noise).prev_sample
+
+        with stage(self.stage_hook, "vae_decoder"):
+            video = self.decode(latents)  # (B, T, 3, H, W) in [-1, 1]
+        return float_to_uint8(video.clamp(-1.0, 1.0).cpu(), value_range=(-1.0, 1.0))
+
+    def decode(self, latents: torch.Tensor, frames_per_call: int = 8) -> torch.Tensor:
+        """``(B, 4, T, h, w)`` latents -> float32 ``(B, T, 3, 8h, 8w)``; per sample, ``frames_per_call`` frames."""
+        scale = self.vae.config.scaling_factor
+        videos = []
+        for z in latents:  # (4, T, h, w)
+            frames = (z.permute(1, 0, 2, 3) / scale).to(self.dtype)  # (T, 4, h, w)
+            chunks = [self.vae.decode(c).sample.float() for c in frames.split(frames_per_call)]
+            videos.append(torch.cat(chunks))  # (T, 3, H, W)
+        return torch.stack(videos)
+
+    # --- cost description ------------------------------------------------------------------------------
+
+    def cost_stages(self, *, num_frames: int, height: int, width: int, steps: int) -> list[CostStage]:
+        """Text encoder (once, x2 with guidance), denoiser (``steps`` calls, x2 with guidance), VAE decoder."""
+        self.check_settings(num_frames, height, width, steps, None)
+        device = next(self.denoiser.parameters()).device
+        dtype = next(self.denoiser.parameters()).dtype
+        guided = self.defaults.guidance_scale is not None and self.defaults.guidance_scale != 1.0
+        passes = 2 if guided else 1
+        h, w = height // VAE_SCALE, width // VAE_SCALE
+
+        def text_inputs(batch: int) -> dict[str, Any]:
+            ids = torch.zeros(batch, self.text_length, dtype=torch.long, device=device)
+            return {"input_ids": ids}
+
+        def vae_inputs(batch: int) -> dict[str, Any]:
+            return {"z": torch.zeros(batch * num_frames, LATENT_CHANNELS, h, w, device=device, dtype=dtype)}
+
+        return [
+            CostStage("text_encoder", self.text_encoder, text_inputs, calls=1, guidance_passes=passes,
+                      paper_convention=False),
+            CostStage("denoiser", self.denoiser, lambda b: self.denoiser_inputs(b, num_frames, h, w),
+                      calls=steps, guidance_passes=passes),
+            CostStage("vae_decoder", self.vae, vae_inputs, calls=1, paper_convention=False,
+                      forward=lambda module, **kw: module.decode(**kw).sample),
+        ]
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+
+    def components(self) -> dict[str, Any]:
+        """Subfolder name -> network, as written by :meth:`save_pretrained` (subclasses may extend)."""
+        return {"unet": self.denoiser, "vae": self.vae, "text_encoder": self.text_encoder}
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write every component in the diffusers layout (plus ``scheduler/`` and, if any, ``tokenizer/``)."""
+        path = Path(path)
+        for sub, module in self.components().items():
+            module.save_pretrained(path / sub)
+        DDIMScheduler.from_config(self.scheduler_config).save_pretrained(path / "scheduler")
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path / "tokenizer")
+        return path
+
+
+def place(module: torch.nn.Module, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    """Move a built or loaded module to ``device``/``dtype`` (modules built on meta stay there)."""
+    if device == "meta":
+        return module
+    module = module.to(device=device)
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype=dtype)
+    return module
+
+
+def init_kwargs(cls: type, config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a published ``config.json`` that ``cls.__init__`` takes (the rest are legacy keys)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in config.items() if k in params}

@@ -1,0 +1,1 @@
+"""modelscope-t2v: ModelScope text-to-video baseline (see ``generator.py``)."""
