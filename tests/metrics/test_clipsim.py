@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cmdbench import weights
-from cmdbench.metrics.clipsim import CLIPSIM, bootstrap_std, format_x100, load_clip
+from cmdbench.metrics.clipsim import CLIPSIM, bootstrap_std, format_x100, load_clip, preprocess_frames
 from cmdbench.video import VideoFormatError
 
 with warnings.catch_warnings():
@@ -74,6 +74,18 @@ def test_equals_independent_clip_computation(tiny_clip_file, videos):
     assert abs(result.value) < 1 and result.unit == "cosine"
     assert format_x100(result.value) == f"{100 * result.value:.2f}"
     assert result.name == "clipsim" and result.higher_is_better is True and result.n == 3
+
+
+@pytest.mark.parametrize("size", [(40, 64), (300, 224), (224, 224), (17, 500)])
+def test_batched_preprocess_is_bit_identical_to_clip_preprocess(tiny_clip, size):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(2)
+    frames = torch.randint(0, 256, (3, *size, 3), dtype=torch.uint8, generator=g).numpy()  # (n, H, W, 3)
+    expected = torch.stack([tiny_clip.preprocess(Image.fromarray(f)) for f in frames])
+    got = preprocess_frames(tiny_clip.preprocess, frames)
+    assert got.dtype == expected.dtype == torch.float32 and got.shape == (3, 3, 224, 224)
+    assert torch.equal(got, expected)
 
 
 def test_parity_test_is_sensitive_to_preprocessing(tiny_clip, videos):
