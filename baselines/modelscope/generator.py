@@ -128,7 +128,7 @@ TINY_TEXT_CONFIG: dict[str, Any] = {
 }
 
 DEFAULTS = SamplingDefaults(num_frames=16, height=256, width=256, steps=50, guidance_scale=9.0)
-TINY_DEFAULTS = SamplingDefaults(num_frames=4, height=32, width=32, steps=3, guidance_scale=9.0)
+TINY_DEFAULTS = SamplingDefaults(num_frames=4, height=32, width=32, steps=2, guidance_scale=9.0)
 EVAL_PROMPTS = (
     "a panda playing guitar in a bamboo forest",
     "waves crashing on a rocky beach at sunset",

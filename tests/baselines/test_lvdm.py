@@ -1,0 +1,125 @@
+"""lvdm-t2v: the 3D UNet port (attention parity, published size and cost) and the generator."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from baselines._common.loading import MissingWeightsError
+from baselines.lvdm.generator import NAME, build
+from baselines.lvdm.unet3d import LVDMUNet3D, TemporalSelfAttention
+from cmdbench.interfaces import GeneratorSpec, UnsupportedSettingError
+from cmdbench.registry import GENERATORS
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build(GeneratorSpec(tiny=True))
+
+
+@pytest.fixture(scope="module")
+def full_meta():
+    return build(GeneratorSpec(device="meta"))
+
+
+def test_registered():
+    assert GENERATORS.get(NAME) is build
+
+
+def test_temporal_attention_matches_a_per_pair_loop():
+    """Shaw et al. relative attention, written out element by element, equals the vectorised module."""
+    torch.manual_seed(0)
+    heads, d, frames, max_rel = 2, 4, 5, 3  # max_rel < frames - 1: the clipping is exercised
+    attn = TemporalSelfAttention(heads * d, heads, d, temporal_length=max_rel).eval()
+    x = torch.randn(3, frames, heads * d)
+    q = attn.to_q(x).view(3, frames, heads, d)
+    k = attn.to_k(x).view(3, frames, heads, d)
+    v = attn.to_v(x).view(3, frames, heads, d)
+    table_k = attn.relative_position_k.embeddings_table
+    table_v = attn.relative_position_v.embeddings_table
+    out = torch.zeros(3, frames, heads, d)
+    for n in range(3):
+        for h in range(heads):
+            for t in range(frames):
+                logits = torch.stack([
+                    q[n, t, h] @ (k[n, s, h] + table_k[max(-max_rel, min(max_rel, s - t)) + max_rel])
+                    for s in range(frames)
+                ]) / math.sqrt(d)
+                weights = logits.softmax(0)
+                out[n, t, h] = sum(
+                    weights[s] * (v[n, s, h] + table_v[max(-max_rel, min(max_rel, s - t)) + max_rel])
+                    for s in range(frames)
+                )
+    expected = attn.to_out(out.reshape(3, frames, heads * d))
+    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unet_keeps_shape_and_mixes_frames():
+    """Output shape = input shape; changing one frame changes the others (temporal attention is live)."""
+    torch.manual_seed(0)
+    unet = LVDMUNet3D(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+                      num_heads=2, context_dim=8, temporal_length=4, norm_num_groups=8).eval()
+    x = torch.randn(1, 4, 3, 8, 8)
+    ctx = torch.randn(1, 5, 8)
+    with torch.no_grad():
+        y = unet(x, torch.tensor(10), ctx)
+        x2 = x.clone()
+        x2[:, :, 0] += 1.0
+        y2 = unet(x2, torch.tensor(10), ctx)
+    assert y.shape == x.shape
+    assert not torch.allclose(y[:, :, 2], y2[:, :, 2])
+
+
+def test_tiny_samples_uint8_video(tiny, checks):
+    video = checks.sample_at_defaults(tiny, [0, 1])
+    d = tiny.defaults
+    assert video.dtype == torch.uint8 and video.shape == (2, d.num_frames, 3, d.height, d.width)
+    assert video.float().std() > 1.0
+
+
+def test_eta_one_stays_batch_invariant(tiny, checks):
+    """LVDM samples with DDIM eta = 1: the per-step noise is per sample too."""
+    assert tiny.eta == 1.0
+    batch = checks.sample_at_defaults(tiny, [4, 5])
+    single = checks.sample_at_defaults(tiny, [5])
+    assert (batch[1].int() - single[0].int()).abs().max() <= 2
+
+
+def test_parameter_count_near_table_10(full_meta, checks):
+    # CMD Table 10: LVDM 0.96B; SD 1.5 UNet 859.52M + 16 blocks x 2 temporal attentions
+    assert checks.millions(full_meta.denoiser) == pytest.approx(958.92, abs=0.01)
+    assert checks.millions(full_meta.text_encoder) == pytest.approx(123.06, abs=0.01)
+    assert checks.millions(full_meta.vae) == pytest.approx(83.65, abs=0.01)
+
+
+def test_meta_forward_shape_and_paper_macs_at_512x1024x16(full_meta, checks):
+    stages = {s.name: s for s in full_meta.cost_stages(num_frames=16, height=512, width=1024, steps=50)}
+    denoiser = stages["denoiser"]
+    assert denoiser.calls == 50 and denoiser.guidance_passes == 2
+    inputs = denoiser.make_inputs(1)
+    assert full_meta.denoiser(**inputs).shape == (1, 4, 16, 64, 128)
+    macs, _ = checks.macs_excluding_sdpa(full_meta.denoiser, inputs)
+    # CMD Table 9: LVDM 625.6 TFLOPs (fvcore MACs, one conditional pass) over 50 steps
+    assert macs * 50 / 1e12 == pytest.approx(625.6, rel=0.05)
+
+
+def test_unsupported_size(tiny, checks):
+    with pytest.raises(UnsupportedSettingError, match="multiple of 16"):
+        checks.sample_at_defaults(tiny, [0], width=40)
+
+
+@pytest.mark.slow
+def test_checkpoint_round_trip(tiny, tmp_path, checks):
+    tiny.save_pretrained(tmp_path / "ckpt")
+    loaded = build(GeneratorSpec(checkpoint=str(tmp_path / "ckpt"), tiny=True))
+    assert torch.equal(checks.sample_at_defaults(tiny, [3]), checks.sample_at_defaults(loaded, [3]))
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        build(GeneratorSpec(checkpoint=str(tmp_path / "t2v.ckpt")))
+    (tmp_path / "dir" / "unet").mkdir(parents=True)
+    with pytest.raises(MissingWeightsError, match="vae"):
+        build(GeneratorSpec(checkpoint=str(tmp_path / "dir")))

@@ -1,0 +1,77 @@
+"""modelscope-t2v: tiny sampling, published sizes on meta, paper-convention MACs, checkpoint round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from baselines._common.loading import MissingWeightsError
+from baselines.modelscope.generator import NAME, build
+from cmdbench.interfaces import GeneratorSpec, UnsupportedSettingError
+from cmdbench.registry import GENERATORS
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build(GeneratorSpec(tiny=True))
+
+
+@pytest.fixture(scope="module")
+def full_meta():
+    return build(GeneratorSpec(device="meta"))
+
+
+def test_registered():
+    assert GENERATORS.get(NAME) is build
+
+
+def test_tiny_samples_uint8_video(tiny, checks):
+    video = checks.sample_at_defaults(tiny, [0, 1])
+    d = tiny.defaults
+    assert video.dtype == torch.uint8 and video.shape == (2, d.num_frames, 3, d.height, d.width)
+    assert video.float().std() > 1.0  # not a constant image
+
+
+def test_published_parameter_counts(full_meta, checks):
+    # baselines.md §2.1 [V]: UNet 1411.23M, text encoder 340.39M, VAE 83.65M
+    assert checks.millions(full_meta.denoiser) == pytest.approx(1411.23, abs=0.01)
+    assert checks.millions(full_meta.text_encoder) == pytest.approx(340.39, abs=0.01)
+    assert checks.millions(full_meta.vae) == pytest.approx(83.65, abs=0.01)
+
+
+def test_meta_forward_shape_and_paper_macs_at_512x1024x16(full_meta, checks):
+    stages = {s.name: s for s in full_meta.cost_stages(num_frames=16, height=512, width=1024, steps=50)}
+    assert list(stages) == ["text_encoder", "denoiser", "vae_decoder"]
+    denoiser = stages["denoiser"]
+    assert denoiser.calls == 50 and denoiser.guidance_passes == 2 and denoiser.paper_convention
+    assert not stages["text_encoder"].paper_convention and not stages["vae_decoder"].paper_convention
+    inputs = denoiser.make_inputs(1)
+    out = full_meta.denoiser(**inputs).sample
+    assert out.shape == (1, 4, 16, 64, 128) and out.device.type == "meta"
+    macs, scores = checks.macs_excluding_sdpa(full_meta.denoiser, inputs)
+    # CMD Table 9: 939.0 TFLOPs (= TMAC, one conditional pass, scores excluded) over 50 steps
+    assert macs * 50 / 1e12 == pytest.approx(939.0, rel=0.02)
+    assert scores / 1e12 == pytest.approx(4.0, rel=0.05)  # baselines.md §4.3: 4.00 TMAC of scores
+
+
+def test_unsupported_size_names_the_allowed_multiple(tiny, checks):
+    with pytest.raises(UnsupportedSettingError, match="multiple of 16"):
+        checks.sample_at_defaults(tiny, [0], height=24)
+
+
+@pytest.mark.slow
+def test_checkpoint_round_trip(tiny, tmp_path, checks):
+    tiny.save_pretrained(tmp_path / "ckpt")
+    loaded = build(GeneratorSpec(checkpoint=str(tmp_path / "ckpt"), tiny=True))
+    assert torch.equal(checks.sample_at_defaults(tiny, [3]), checks.sample_at_defaults(loaded, [3]))
+
+
+def test_missing_component_is_named(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "ckpt")
+    import shutil
+
+    shutil.rmtree(tmp_path / "ckpt" / "vae")
+    with pytest.raises(MissingWeightsError, match="vae"):
+        build(GeneratorSpec(checkpoint=str(tmp_path / "ckpt")))
+    with pytest.raises(MissingWeightsError, match="HF_HUB_OFFLINE|cannot load"):
+        build(GeneratorSpec(checkpoint="no-such-org/no-such-model"))
