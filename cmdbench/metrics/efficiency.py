@@ -178,10 +178,17 @@ def count_flops(
     args, kwargs = ((), dict(inputs)) if isinstance(inputs, Mapping) else (tuple(inputs), {})
     sdpa = CountSDPA(backward=backward)
     grad = torch.enable_grad() if backward else torch.no_grad()
-    with FlopCounterMode(display=False) as counter, grad, sdpa:
-        out = call(module, *args, **kwargs)
-        if backward:
-            _first_tensor(out).float().sum().backward()
+    frozen = [p for p in module.parameters() if not p.requires_grad] if backward else []
+    for p in frozen:  # a training step updates every parameter of the counted network
+        p.requires_grad_(True)
+    try:
+        with FlopCounterMode(display=False) as counter, grad, sdpa:
+            out = call(module, *args, **kwargs)
+            if backward:
+                _first_tensor(out).float().sum().backward()
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     if sdpa.macs:
         by_op[SDPA_KEY] = 2 * sdpa.macs
