@@ -55,6 +55,10 @@ class EvalProtocol:
         ``"short_side_crop"`` (shorter side to ``size``, centre crop; VideoGPT/PVDM).
     ddof: covariance estimator: 1 = unbiased (TF-GAN), 0 = biased /N (StyleGAN-V).
     sqrtm: ``"svd"`` (TF-GAN symmetric form), ``"eig"`` or ``"scipy"``.
+    resize ``"detector"``: the TorchScript detector resizes and rescales uint8 input itself (StyleGAN-V).
+    resize_kernel: ``"torch"`` (``F.interpolate`` bilinear, half-pixel) or ``"tf1"`` (TF1 legacy bilinear).
+    antialias: antialiased downsampling (torch kernel only). real_order: ``"listed"`` (first N videos,
+    StyleGAN-V) or ``"hashed"`` (seeded subset); real clip windows are seeded by ``clip_seed``.
     """
 
     name: str
@@ -69,10 +73,15 @@ class EvalProtocol:
     ddof: int = 1
     sqrtm: str = "svd"
     clip_seed: int = 0
+    resize_kernel: str = "torch"
+    antialias: bool = False
+    real_order: str = "listed"
 
     def __post_init__(self) -> None:
-        if self.resize not in ("whole", "short_side_crop"):
-            raise ValueError(f"EvalProtocol.resize={self.resize!r}; allowed 'whole' or 'short_side_crop'")
+        if self.resize not in ("whole", "short_side_crop", "detector"):
+            raise ValueError(
+                f"EvalProtocol.resize={self.resize!r}; allowed 'whole', 'short_side_crop' or 'detector'"
+            )
         if self.ddof not in (0, 1):
             raise ValueError(f"EvalProtocol.ddof={self.ddof}; allowed 0 (biased) or 1 (unbiased)")
         if self.sqrtm not in ("svd", "eig", "scipy"):

@@ -1,0 +1,240 @@
+"""Fréchet Video Distance: named protocol presets and the streaming FVD metric.
+
+FVD = Fréchet distance between Gaussians fitted to I3D features (400 Kinetics logits averaged over time)
+of real and generated clips (Unterthiner et al. 2019). Published numbers disagree because
+implementations differ in every knob, so each preset states all of them (``EvalProtocol``):
+
+=============== ================= ================================= ======= ====== ====== =================
+preset          extractor         frames -> 224x224, [-1, 1]        cov     sqrt   frames  follows
+=============== ================= ================================= ======= ====== ====== =================
+stylegan-v      i3d_torchscript   uint8 into the detector           /N      scipy  16      StyleGAN-V
+                                  (``rescale=True, resize=True``)                          (CMD's protocol)
+tf-reference    i3d_torchscript   whole frame, TF1 bilinear         n-1     svd    16      TF-hub FVD
+videogpt        i3d_pretrained_400 short side + centre crop         n-1     svd    16      VideoGPT/PVDM/CMD code
+tats            i3d_pretrained_400 whole frame, torch bilinear      n-1     svd    16      TATS
+=============== ================= ================================= ======= ====== ====== =================
+
+Protocol-named metrics fix the sample counts (``fvd2048_16f``: 2048 real / 2048 fake, 16 consecutive
+frames; ``fvd2048_128f``; ``fvd2048_128f_subsample8f``: 16 frames every 8th; ``fvd10k_16f``: 10,000 fake
+against every clip of the reference set; ``fvd5k_16f``: WebVid's 5,000 validation clips); each can be
+computed under any preset (default ``stylegan-v``). Generated videos give their first clip
+(frames ``0, s, 2s, ...``); real clips are drawn by ``cmdbench ref-stats`` (seeded windows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmdbench.config import EvalProtocol, stable_hash
+from cmdbench.interfaces import MetricValue
+from cmdbench.metrics.frechet import FeatureStats, InsufficientSamplesError, bootstrap_fd, stats_distance
+from cmdbench.metrics.i3d import FeatureExtractor, make_extractor
+from cmdbench.metrics.preprocess import Preprocessing, select_frames
+from cmdbench.metrics.reference import check_compatible, stats_metadata
+from cmdbench.video import validate_video
+
+PRESETS: dict[str, EvalProtocol] = {
+    "stylegan-v": EvalProtocol(
+        name="stylegan-v", extractor="i3d_torchscript", resize="detector", value_range=(-1.0, 1.0),
+        size=224, num_frames=16, frame_stride=1, ddof=0, sqrtm="scipy", real_order="listed",
+    ),
+    "tf-reference": EvalProtocol(
+        name="tf-reference", extractor="i3d_torchscript", resize="whole", resize_kernel="tf1",
+        value_range=(-1.0, 1.0), size=224, num_frames=16, frame_stride=1, ddof=1, sqrtm="svd",
+    ),
+    "videogpt": EvalProtocol(
+        name="videogpt", extractor="i3d_pretrained_400", resize="short_side_crop", resize_kernel="torch",
+        value_range=(-1.0, 1.0), size=224, num_frames=16, frame_stride=1, ddof=1, sqrtm="svd",
+    ),
+    "tats": EvalProtocol(
+        name="tats", extractor="i3d_pretrained_400", resize="whole", resize_kernel="torch",
+        value_range=(-1.0, 1.0), size=224, num_frames=16, frame_stride=1, ddof=1, sqrtm="svd",
+    ),
+}
+
+# name -> (num_real (0 = every clip of the reference set), num_fake, num_frames, frame_stride)
+PROTOCOL_METRICS: dict[str, tuple[int, int, int, int]] = {
+    "fvd2048_16f": (2048, 2048, 16, 1),
+    "fvd2048_128f": (2048, 2048, 128, 1),
+    "fvd2048_128f_subsample8f": (2048, 2048, 16, 8),
+    "fvd10k_16f": (0, 10_000, 16, 1),
+    "fvd5k_16f": (5000, 5000, 16, 1),
+}
+
+
+def get_protocol(preset: str | EvalProtocol, metric: str | None = None) -> EvalProtocol:
+    """A preset by name (or as given), with the counts and frames of a protocol-named ``metric``."""
+    if isinstance(preset, EvalProtocol):
+        protocol = preset
+    else:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown FVD preset {preset!r}; allowed {sorted(PRESETS)}")
+        protocol = PRESETS[preset]
+    if metric is not None:
+        if metric not in PROTOCOL_METRICS:
+            raise ValueError(f"unknown FVD metric {metric!r}; allowed {sorted(PROTOCOL_METRICS)}")
+        num_real, num_fake, frames, stride = PROTOCOL_METRICS[metric]
+        protocol = replace(protocol, num_real=num_real, num_fake=num_fake, num_frames=frames, frame_stride=stride)
+    return protocol
+
+
+def preprocessing_of(protocol: EvalProtocol) -> Preprocessing:
+    return Preprocessing(resize=protocol.resize, size=protocol.size, value_range=tuple(protocol.value_range),
+                         kernel=protocol.resize_kernel, antialias=protocol.antialias)
+
+
+def protocol_hash(protocol: EvalProtocol) -> str:
+    """Hash of every protocol field (the ``config_hash`` ingredient of result rows)."""
+    return stable_hash(asdict(protocol), length=16)
+
+
+def build_extractor(
+    protocol: EvalProtocol,
+    extractor: FeatureExtractor | str | None = None,
+    *,
+    path: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 8,
+) -> tuple[EvalProtocol, FeatureExtractor]:
+    """The protocol's extractor (or the one given by name/object); returns the protocol naming it."""
+    if extractor is None or isinstance(extractor, str):
+        name = extractor or protocol.extractor
+        ex = make_extractor(name, preprocessing_of(protocol), path=path, device=device, batch_size=batch_size)
+    else:
+        ex = extractor
+        if ex.preprocessing != preprocessing_of(protocol):
+            raise ValueError(
+                f"extractor {ex.name!r} preprocesses with {ex.preprocessing}, protocol {protocol.name!r} "
+                f"asks for {preprocessing_of(protocol)}"
+            )
+    return replace(protocol, extractor=ex.name), ex
+
+
+def clip_of(videos: torch.Tensor, protocol: EvalProtocol) -> torch.Tensor:
+    """The protocol's clip of each video: ``num_frames`` frames at ``frame_stride`` from frame 0."""
+    return select_frames(videos, protocol.num_frames, protocol.frame_stride)
+
+
+class FVD:
+    """Streaming FVD (``reset / update(videos) / compute() -> MetricValue``) against reference statistics.
+
+    protocol: a preset name or :class:`EvalProtocol`; ``metric`` (e.g. ``"fvd2048_16f"``) fixes counts
+        and frames. reference: real statistics (:class:`FeatureStats` or an ``.npz`` path from
+        ``cmdbench ref-stats``), checked against the protocol; or accumulate real clips with
+        :meth:`update_real`. extractor: a name (``"i3d-random-tiny"`` for CPU tests) or an object.
+    strict: ``compute`` refuses a fake count different from ``num_fake`` (and real from ``num_real``);
+        with ``strict=False`` the value is computed and marked ``conformant=False``.
+    bootstrap_rounds: > 0 keeps per-clip features and reports the bootstrap std (no extra passes).
+    """
+
+    unit = ""
+    higher_is_better = False
+
+    def __init__(
+        self,
+        protocol: str | EvalProtocol = "stylegan-v",
+        *,
+        metric: str | None = None,
+        reference: FeatureStats | str | Path | None = None,
+        extractor: FeatureExtractor | str | None = None,
+        extractor_path: str | Path | None = None,
+        device: str = "cpu",
+        batch_size: int = 8,
+        strict: bool = True,
+        bootstrap_rounds: int = 0,
+        bootstrap_seed: int = 0,
+        allow_singular: bool = False,
+    ) -> None:
+        base = get_protocol(protocol, metric)
+        self.protocol, self.extractor = build_extractor(base, extractor, path=extractor_path, device=device,
+                                                        batch_size=batch_size)
+        self.name = metric or f"fvd_{self.protocol.name}"
+        self.strict, self.allow_singular = strict, allow_singular
+        self.bootstrap_rounds, self.bootstrap_seed = bootstrap_rounds, bootstrap_seed
+        self.reference: FeatureStats | None = None
+        if reference is not None:
+            self.set_reference(reference)
+        self.reset()
+
+    @property
+    def protocol_name(self) -> str:
+        return self.protocol.name
+
+    @property
+    def keep_features(self) -> bool:
+        return self.bootstrap_rounds > 0
+
+    def new_stats(self, kind: str, manifest_sha256: str | None = None) -> FeatureStats:
+        meta = stats_metadata(self.protocol, self.extractor.checksum, kind=kind, manifest_sha256=manifest_sha256,
+                              extractor=self.extractor.name)
+        return FeatureStats(self.extractor.dim, keep_features=self.keep_features, metadata=meta)
+
+    def reset(self) -> None:
+        """Forget the generated videos seen so far (the reference statistics stay)."""
+        self.fake = self.new_stats("fake")
+        self.real_accum: FeatureStats | None = None
+
+    def set_reference(self, reference: FeatureStats | str | Path) -> None:
+        """Use precomputed real statistics; they must come from the same protocol and extractor."""
+        stats = reference if isinstance(reference, FeatureStats) else FeatureStats.load(reference)
+        where = "reference statistics" if isinstance(reference, FeatureStats) else f"reference statistics {reference}"
+        check_compatible(stats, self.protocol, self.extractor.checksum, where=where)
+        self.reference = stats
+
+    def features(self, videos: torch.Tensor) -> torch.Tensor:
+        """float64 features ``(B, dim)`` of the protocol clip of uint8 ``(B, T, 3, H, W)`` videos."""
+        validate_video(videos, min_frames=1)
+        return torch.from_numpy(self.extractor.extract(clip_of(videos, self.protocol)))
+
+    def update(self, videos: torch.Tensor, prompts: Sequence[str] | None = None) -> None:
+        """Add generated videos (uint8 ``(B, T, 3, H, W)``); prompts are ignored (FVD is unconditional)."""
+        self.fake.update(self.features(videos))
+
+    def update_real(self, videos: torch.Tensor) -> None:
+        """Add real clips (already cut to the protocol's frames) to statistics kept in this metric."""
+        if self.real_accum is None:
+            self.real_accum = self.new_stats("real")
+        self.real_accum.update(self.features(videos))
+
+    def _real(self) -> FeatureStats:
+        if self.reference is not None and self.real_accum is not None:
+            raise ValueError("both reference statistics and update_real() clips were given; use one")
+        real = self.reference if self.reference is not None else self.real_accum
+        if real is None:
+            raise ValueError(f"{self.name}: no real statistics; pass reference=... or call update_real()")
+        return real
+
+    def compute(self) -> MetricValue:
+        real, fake, p = self._real(), self.fake, self.protocol
+        conformant = fake.n == p.num_fake and (not p.num_real or real.n == p.num_real)
+        if self.strict and not conformant:
+            raise InsufficientSamplesError(
+                f"{self.name} under protocol {p.name!r} takes num_fake={p.num_fake} generated clips and "
+                f"num_real={p.num_real or 'all'} real clips; got {fake.n} and {real.n}. FVD is biased by the "
+                "sample count, so values at other counts are not comparable; pass strict=False to compute "
+                "it anyway (recorded as conformant=False)"
+            )
+        value = stats_distance(real, fake, ddof=p.ddof, method=p.sqrtm, allow_singular=self.allow_singular)
+        std = None
+        extra: dict[str, Any] = {
+            "n_real": real.n, "n_fake": fake.n, "conformant": conformant, "protocol_hash": protocol_hash(p),
+            "extractor": self.extractor.name, "extractor_checksum": self.extractor.checksum,
+            "ddof": p.ddof, "sqrtm": p.sqrtm, "num_frames": p.num_frames, "frame_stride": p.frame_stride,
+            "resize": p.resize, "resize_kernel": p.resize_kernel, "value_range": list(p.value_range),
+            "reference_key": real.metadata.get("stats_key"),
+        }
+        if self.bootstrap_rounds:
+            if real.bank is None or fake.bank is None or not len(real.bank) or not len(fake.bank):
+                raise ValueError("bootstrap needs per-clip features of both sets (build the reference with "
+                                 "--keep-features / keep_features=True)")
+            _, std = bootstrap_fd(real.bank.array(), fake.bank.array(), self.bootstrap_rounds,
+                                  self.bootstrap_seed, ddof=p.ddof, method=p.sqrtm,
+                                  allow_singular=self.allow_singular)
+            extra.update(bootstrap_rounds=self.bootstrap_rounds, bootstrap_seed=self.bootstrap_seed)
+        return MetricValue(name=self.name, value=value, unit=self.unit, higher_is_better=False, std=std,
+                           n=fake.n, protocol=p.name, extra=extra)
