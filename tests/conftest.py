@@ -12,7 +12,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread by default: on a shared 2-core machine more threads oversubscribe and run 10x slower.
+torch.set_num_threads(int(os.environ.get("CMDBENCH_TEST_THREADS", "1")))
 
 
 @pytest.fixture
