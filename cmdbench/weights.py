@@ -385,7 +385,8 @@ def fetch(
         return dest
     raise DownloadError(
         f"could not download {name} ({wf.filename}); every URL failed:\n" + "\n".join(failures) + "\n"
-        f"Download it by hand and save it as {dest} (or set {override_env_var(name)})."
+        f"Download it by hand and save it as {dest} (or set {override_env_var(name)}); a genuine copy whose "
+        f"checksum differs from the expected one can be accepted with `cmdbench weights verify {name} --trust`."
         + (f"\n  other sources: {wf.manual}" if wf.manual else "")
     )
 

@@ -307,6 +307,8 @@ class CLIPSIM:
                 "weights_path": self.clip.weights_path,
                 "weights_sha256": self.clip.weights_sha256,
                 "weights_verified": self.clip.weights_sha256 in weights.accepted_hashes(CLIP_WEIGHTS_NAME),
+                "device": str(self.clip.device),
+                "dtype": str(self.clip.model.dtype).removeprefix("torch."),
                 "frames": self._frames,
                 "frames_per_video": sorted(self._frame_counts),
                 "prompts_truncated": self._truncated,
