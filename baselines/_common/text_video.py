@@ -116,7 +116,8 @@ class TextToVideoLatentGenerator:
 
     Args:
         name: registry key.
-        denoiser, vae, text_encoder: the networks (already on ``device`` in ``dtype``; or on meta).
+        denoiser, vae, text_encoder: the networks (already on ``device`` in ``dtype``; or on meta);
+            ``text_encoder`` may be a zero-argument factory, called on first use.
         tokenize: prompts -> token-id dict for ``text_encoder``.
         text_length: tokens per prompt (77 for CLIP, 120 for Latte's T5).
         scheduler_config: ``DDIMScheduler`` config dict (a fresh scheduler is built per call).
@@ -133,7 +134,7 @@ class TextToVideoLatentGenerator:
         name: str,
         denoiser: torch.nn.Module,
         vae: AutoencoderKL,
-        text_encoder: torch.nn.Module,
+        text_encoder: torch.nn.Module | Callable[[], torch.nn.Module],
         tokenize: Tokenize,
         text_length: int,
         scheduler_config: dict[str, Any],
@@ -148,7 +149,10 @@ class TextToVideoLatentGenerator:
         self.name = name
         self.denoiser = denoiser.eval()
         self.vae = vae.eval()
-        self.text_encoder = text_encoder.eval()
+        # A module, or a zero-argument factory built on first use (a huge encoder such as T5-XXL is then
+        # only materialised when prompts are encoded or its cost is described).
+        self._text_encoder = text_encoder.eval() if isinstance(text_encoder, torch.nn.Module) else None
+        self._text_encoder_factory = None if isinstance(text_encoder, torch.nn.Module) else text_encoder
         self.tokenize = tokenize
         self.tokenizer = tokenizer  # the HF tokenizer object when loaded from a checkpoint (saved with it)
         self.text_length = text_length
@@ -160,6 +164,13 @@ class TextToVideoLatentGenerator:
         self.dtype = dtype
         self.eta = eta  # DDIM eta: 0 deterministic; > 0 draws per-sample noise every step
         self.stage_hook: StageHook | None = None
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        if self._text_encoder is None:
+            assert self._text_encoder_factory is not None
+            self._text_encoder = self._text_encoder_factory().eval()
+        return self._text_encoder
 
     # --- hooks for subclasses --------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""latte-1: Latte-1 text-to-video transformer baseline (see ``generator.py``)."""
