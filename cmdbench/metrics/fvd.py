@@ -154,7 +154,7 @@ class FVD:
         self.protocol, self.extractor = build_extractor(base, extractor, path=extractor_path, device=device,
                                                         batch_size=batch_size)
         self.name = metric or f"fvd_{self.protocol.name}"
-        self.strict, self.allow_singular = strict, allow_singular
+        self.strict, self.allow_singular = strict, allow_singular  # (before set_reference: it reads strict)
         self.bootstrap_rounds, self.bootstrap_seed = bootstrap_rounds, bootstrap_seed
         self.reference: FeatureStats | None = None
         if reference is not None:
@@ -183,23 +183,39 @@ class FVD:
         """Use precomputed real statistics; they must come from the same protocol and extractor."""
         stats = reference if isinstance(reference, FeatureStats) else FeatureStats.load(reference)
         where = "reference statistics" if isinstance(reference, FeatureStats) else f"reference statistics {reference}"
-        check_compatible(stats, self.protocol, self.extractor.checksum, where=where)
+        check_compatible(stats, self.protocol, self.extractor.checksum, where=where, check_count=self.strict)
         self.reference = stats
 
-    def features(self, videos: torch.Tensor) -> torch.Tensor:
-        """float64 features ``(B, dim)`` of the protocol clip of uint8 ``(B, T, 3, H, W)`` videos."""
-        validate_video(videos, min_frames=1)
-        return torch.from_numpy(self.extractor.extract(clip_of(videos, self.protocol)))
+    def features(self, clips: torch.Tensor) -> torch.Tensor:
+        """float64 features ``(B, dim)`` of uint8 clips ``(B, num_frames, 3, H, W)`` (already cut)."""
+        validate_video(clips)
+        if clips.shape[1] != self.protocol.num_frames:
+            raise ValueError(
+                f"clips have {clips.shape[1]} frames; protocol {self.protocol.name!r} takes exactly "
+                f"{self.protocol.num_frames} (use update() to cut the clip from whole videos)"
+            )
+        return torch.from_numpy(self.extractor.extract(clips))
 
     def update(self, videos: torch.Tensor, prompts: Sequence[str] | None = None) -> None:
-        """Add generated videos (uint8 ``(B, T, 3, H, W)``); prompts are ignored (FVD is unconditional)."""
-        self.fake.update(self.features(videos))
+        """Add generated videos uint8 ``(B, T, 3, H, W)``: their first protocol clip (frames 0, s, 2s, ...).
 
-    def update_real(self, videos: torch.Tensor) -> None:
-        """Add real clips (already cut to the protocol's frames) to statistics kept in this metric."""
+        ``prompts`` are ignored (FVD does not look at conditions).
+        """
+        self.fake.update(self.features(clip_of(videos, self.protocol)))
+
+    def update_clips(self, clips: torch.Tensor, *, real: bool = False) -> None:
+        """Add clips already cut to the protocol's frames (e.g. from a ``ClipDataset``), fake or real."""
+        feats = self.features(clips)
+        if not real:
+            self.fake.update(feats)
+            return
         if self.real_accum is None:
             self.real_accum = self.new_stats("real")
-        self.real_accum.update(self.features(videos))
+        self.real_accum.update(feats)
+
+    def update_real(self, videos: torch.Tensor) -> None:
+        """Add real videos uint8 ``(B, T, 3, H, W)`` (their first protocol clip) to statistics kept here."""
+        self.update_clips(clip_of(videos, self.protocol), real=True)
 
     def _real(self) -> FeatureStats:
         if self.reference is not None and self.real_accum is not None:

@@ -65,11 +65,11 @@ def stats_metadata(
 
 
 def check_compatible(stats: FeatureStats, protocol: EvalProtocol, extractor_checksum: str, *,
-                     where: str = "reference statistics") -> None:
+                     where: str = "reference statistics", check_count: bool = True) -> None:
     """Raise :class:`ProtocolMismatchError` unless ``stats`` were built with these feature settings.
 
-    Also checks the real-clip count: ``stats.n`` must equal ``protocol.num_real`` (``num_real=0`` means
-    "every clip of the reference set" and accepts any count).
+    With ``check_count`` also the real-clip count: ``stats.n`` must equal ``protocol.num_real``
+    (``num_real=0`` means "every clip of the reference set" and accepts any count).
     """
     meta = stats.metadata
     if "feature_hash" not in meta:
@@ -92,7 +92,7 @@ def check_compatible(stats: FeatureStats, protocol: EvalProtocol, extractor_chec
             f"{protocol.name!r}: {'; '.join(diffs) or 'feature hash differs'}. Refusing to compare; rebuild "
             "them with `cmdbench ref-stats --protocol ...` under the protocol you evaluate with"
         )
-    if protocol.num_real and stats.n != protocol.num_real:
+    if check_count and protocol.num_real and stats.n != protocol.num_real:
         raise ProtocolMismatchError(
             f"{where} hold {stats.n} real clips; protocol {protocol.name!r} uses num_real={protocol.num_real}"
         )

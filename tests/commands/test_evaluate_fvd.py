@@ -1,0 +1,70 @@
+"""`cmdbench ref-stats` and `cmdbench evaluate` end to end with the tiny random I3D (no weights)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from cmdbench.bench.results import load_records
+from cmdbench.cli import main
+from cmdbench.metrics.frechet import FeatureStats
+from cmdbench.video import write_mp4
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TINY = ["--extractor", "i3d-random-tiny", "--protocol", "tats"]
+
+
+def make_folder(root, n: int, seed: int, frames: int = 16, shift: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        v = (torch.rand(frames, 3, 32, 32, generator=g) * 120 + shift).to(torch.uint8)
+        write_mp4(root / f"v{i:02d}.mp4", v)
+    return root
+
+
+@pytest.mark.slow
+def test_ref_stats_then_evaluate_folder(tmp_path, capsys):
+    real = make_folder(tmp_path / "real", 2, seed=0)
+    fake = make_folder(tmp_path / "fake", 2, seed=1, shift=100)
+    cache, out = tmp_path / "cache", tmp_path / "real.npz"
+    args = ["ref-stats", "--videos", str(real), *TINY, "--num-real", "0", "--out", str(out), "--cache-dir", str(cache)]
+    assert main(args) == 0
+    stats = FeatureStats.load(out)
+    assert stats.n == 2 and stats.metadata["protocol"]["name"] == "tats"
+    assert stats.metadata["extractor"] == "i3d-random-tiny" and len(list(cache.glob("*.npz"))) == 1
+    assert main(args) == 0
+    assert "cached: 2 real clips" in capsys.readouterr().out
+
+    records = tmp_path / "records"
+    rc = main(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", *TINY, "--ref-stats", str(out),
+               "--records", str(records), "--non-strict", "--allow-singular", "--run-id", "r1"])
+    assert rc == 0
+    df = load_records(records)
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["metric"] == "fvd2048_16f" and row["protocol"] == "tats" and row["n"] == 2
+    assert row["value"] > 0 and '"n_real": 2' in row["notes"] and '"conformant": false' in row["notes"]
+
+
+def test_evaluate_refuses_stats_of_another_protocol(tmp_path, capsys):
+    # statistics saved under 'tats' with the tiny extractor, evaluated under 'videogpt': refused
+    from cmdbench.metrics.fvd import FVD, get_protocol
+
+    m = FVD(get_protocol("tats"), extractor="i3d-random-tiny")
+    stats = m.new_stats("real")
+    stats.update(torch.randn(3, 400).double())
+    stats.save(tmp_path / "tats.npz")
+    fake = make_folder(tmp_path / "fake", 1, seed=1)
+    rc = main(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", "--extractor", "i3d-random-tiny",
+               "--protocol", "videogpt", "--ref-stats", str(tmp_path / "tats.npz"), "--records", str(tmp_path / "r")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "Refusing to compare" in err and "resize" in err
+
+
+def test_evaluate_needs_reference(tmp_path, capsys):
+    fake = make_folder(tmp_path / "fake", 1, seed=1)
+    rc = main(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", *TINY, "--records", str(tmp_path / "r")])
+    assert rc == 2 and "--ref-stats" in capsys.readouterr().err
