@@ -169,7 +169,8 @@ class TextToVideoLatentGenerator:
     def text_encoder(self) -> torch.nn.Module:
         if self._text_encoder is None:
             assert self._text_encoder_factory is not None
-            self._text_encoder = self._text_encoder_factory().eval()
+            with torch.inference_mode(False):  # first use may be inside sample(); keep normal parameters
+                self._text_encoder = self._text_encoder_factory().eval()
         return self._text_encoder
 
     # --- hooks for subclasses --------------------------------------------------------------------------
