@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from cmdbench.bench.plots import plt, save_figure, trend_plot
 from cmdbench.bench.results import load_records, read_csv
+from cmdbench.bench.tables import to_latex, to_markdown, write_text_atomic
 
 MAIN = (("CMD", "cmd-webvid-512x1024"), ("ModelScope", "modelscope-t2v"), ("LVDM", "lvdm-t2v"))
 METHOD_OF = {"cmd-webvid-512x1024": "CMD", "cmd-sd15-512": "CMD", "modelscope-t2v": "ModelScope", "lvdm-t2v": "LVDM"}
@@ -197,22 +200,11 @@ def table10(rec: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
 
 
 def _save(fig, figures: Path, stem: str) -> list[Path]:
-    figures.mkdir(parents=True, exist_ok=True)
-    out = [figures / f"{stem}.png", figures / f"{stem}.pdf"]
-    fig.savefig(out[0], dpi=150, bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(out[1], bbox_inches="tight", metadata={"CreationDate": None, "Creator": None, "Producer": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return out
+    return save_figure(fig, figures / stem)
 
 
 def figure1(rec: pd.DataFrame, paper: pd.DataFrame, figures: Path) -> list[Path]:
     """Bubble plot: WebVid FVD (paper, Table 3) vs sampling memory, bubble area ~ TMAC at 50 steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     gpu = [g for g in measured_groups(rec) if (g[3], g[4], g[2]) == (512, 1024, 16) and g[0] != "meta"
@@ -239,8 +231,6 @@ def figure1(rec: pd.DataFrame, paper: pd.DataFrame, figures: Path) -> list[Path]
 
 
 def _bars(ax, labels: list[str], paper_vals: list, ours_vals: list, ylabel: str) -> None:
-    import numpy as np
-
     x = np.arange(len(labels))
     ax.bar(x - 0.2, [v if v is not None else 0 for v in paper_vals], 0.4, label="paper")
     ax.bar(x + 0.2, [v if v is not None else 0 for v in ours_vals], 0.4, label="ours (counted)")
@@ -251,10 +241,6 @@ def _bars(ax, labels: list[str], paper_vals: list, ours_vals: list, ylabel: str)
 
 
 def figure5(rec: pd.DataFrame, paper: pd.DataFrame, figures: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     t8 = table8(rec, paper)
     num = lambda s: None if s in (DASH, "not counted") else float(s)  # noqa: E731
@@ -267,10 +253,6 @@ def figure5(rec: pd.DataFrame, paper: pd.DataFrame, figures: Path) -> list[Path]
 
 
 def figure6(rec: pd.DataFrame, paper: pd.DataFrame, figures: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     t9 = table9_flops(rec, paper).iloc[: len(MAIN)]
     num = lambda s: None if s == DASH else float(s)  # noqa: E731
@@ -283,39 +265,32 @@ def figure6(rec: pd.DataFrame, paper: pd.DataFrame, figures: Path) -> list[Path]
 
 
 def figure_trend(rec_dir: Path, figures: Path) -> list[Path]:
-    """Paper-convention TMAC and measured sampling time per efficiency run, in time order (git sha labels)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Paper-convention TMAC (paper setting, 50 steps) and measured sampling time over commits."""
     files = sorted(rec_dir.glob("efficiency-*.csv")) if rec_dir.is_dir() else []
     if not files:
         return []
     df = load_records(*files)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, metric, sel in ((axes[0], "tmacs_paper", dict(steps=50, device_name="meta")),
-                            (axes[1], "sampling_time", dict(batch_size=1))):
-        sub = _get(df, metric=metric, **sel).sort_values(["created_utc", "run_id"], kind="stable")
-        for gen, g in sub.groupby("generator", sort=True):
-            labels = [f"{s[:7]}\n{c[5:16]}" for s, c in zip(g["git_sha"].fillna("?"), g["created_utc"], strict=True)]
-            ax.plot(range(len(g)), g["value"], marker="o", label=gen)
-            ax.set_xticks(range(len(g)))
-            ax.set_xticklabels(labels, fontsize=6)
-        ax.set_title(f"{metric} over runs", fontsize=9)
-        ax.legend(fontsize=7)
-    return _save(fig, figures, "efficiency_trend")
+    out = []
+    tm = _get(df, metric="tmacs_paper", steps=50, height=512, width=1024, device_name="meta")
+    if not tm.empty:
+        out += trend_plot(tm, "tmacs_paper", figures / "efficiency_trend_tmacs",
+                          title="paper-convention TMAC at 512x1024x16, 50 steps, over commits")
+    st = _get(df, metric="sampling_time", batch_size=1)
+    if not st.empty:
+        out += trend_plot(st, "sampling_time", figures / "efficiency_trend_time",
+                          title="measured sampling time (batch 1) over commits")
+    return out
 
 
 # --- rendering ------------------------------------------------------------------------------------------
 
 
 def _md(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False, disable_numparse=True)
+    return to_markdown(df).rstrip("\n")
 
 
 def _tex(df: pd.DataFrame, caption: str) -> str:
-    return df.to_latex(index=False, caption=caption, escape=True)
+    return to_latex(df, caption=caption)
 
 
 NOTES = """\
@@ -368,12 +343,9 @@ def render(results: Path) -> list[Path]:
               "stage).", "",
               "## Table 10: parameters", "", _md(t10), "", NOTES]
     written = []
-    path = tables / "efficiency.md"
-    path.write_text("\n".join(parts))
-    written.append(path)
+    written.append(write_text_atomic(tables / "efficiency.md", "\n".join(parts)))
     for name, text in tex.items():
-        (tables / name).write_text(text)
-        written.append(tables / name)
+        written.append(write_text_atomic(tables / name, text))
     figures = results / "figures"
     for fn in (figure1, figure5, figure6):
         written += fn(rec, paper, figures)

@@ -1,0 +1,45 @@
+"""``cmdbench efficiency``: JSON shape, counts equal the metric module's, records, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cmdbench.bench.results import load_records
+from cmdbench.cli import main
+from cmdbench.interfaces import GeneratorSpec
+from cmdbench.metrics.efficiency import count_generator_cost
+from cmdbench.registry import GENERATORS, load_plugins
+
+SMALL = ["--generators", "tiny-unet3d", "--frames", "4", "--height", "32", "--width", "32", "--steps", "3"]
+
+
+def test_count_only_json_matches_direct_count(capsys):
+    assert main(["efficiency", *SMALL, "--count-only", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    e = out["tiny-unet3d"]
+    assert e["sampling_time_s"] is None and e["peak_memory_gb"] is None and e["status"] == "ok"
+    load_plugins()
+    gen = GENERATORS.get("tiny-unet3d")(GeneratorSpec(device="meta"))
+    direct = count_generator_cost(gen, 4, 32, 32, 3)
+    assert e["tmacs_paper"] == pytest.approx(direct.paper_tmacs) and e["tmacs_paper"] > 0
+    assert e["tflops_true"] == pytest.approx(direct.true_tflops) and e["params"] == direct.params
+
+
+def test_measured_run_writes_records(tmp_path, capsys):
+    assert main(["efficiency", *SMALL, "--warmup", "0", "--records", str(tmp_path)]) == 0
+    assert "TMAC paper convention" in capsys.readouterr().out
+    df = load_records(tmp_path)
+    metrics = set(df["metric"])
+    assert {"tmacs_paper", "tflops_true", "params", "sampling_time", "peak_memory"} <= metrics
+    assert any(m.startswith("stage_time/") for m in metrics)
+    assert (df["generator"] == "tiny-unet3d").all() and (df["source"] == "measured").all()
+
+
+def test_unknown_generator_and_bad_values_are_clear_errors(capsys):
+    assert main(["efficiency", "--generators", "tiny-unet3e", "--count-only"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown generator 'tiny-unet3e'" in err and "tiny-unet3d" in err
+    assert main(["efficiency", *SMALL, "--count-only", "--batch-sizes", "0"]) == 2
+    assert "--batch-sizes=0" in capsys.readouterr().err
