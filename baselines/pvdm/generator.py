@@ -1,0 +1,211 @@
+"""pvdm-ucf101: PVDM (Yu et al., CVPR 2023, arXiv:2302.07685), unconditional UCF-101 16x256x256.
+
+- autoencoder: :class:`baselines.pvdm.autoencoder.TriplaneAutoencoder` (``configs/autoencoder/base.yaml``:
+  channels 384, TimeSformer depth 8, patch 8, ``embed_dim = 4``, tanh), latent ``(4, 2048)``;
+- denoiser: :class:`baselines.pvdm.plane_unet.PlaneUNet` (``configs/latent-diffusion/base.yaml``: 256
+  channels, mult [1, 2, 4, 4], 2 res-blocks, attention at [4, 2, 1], 8 heads, ``cond_model`` with zeros
+  for a first clip);
+- sampler: DDIM as in PVDM's ``losses/ddpm.py``: 1000-step schedule with betas
+  ``linspace(sqrt 0.0015, sqrt 0.0195)^2`` (its "linear" = diffusers' "scaled_linear"), predicted ``x0``
+  clipped to [-1, 1], ``eta = 1`` (per-step noise drawn per sample), final step returns ``x0``
+  (``set_alpha_to_one``). PVDM spaces timesteps ``int(linspace(-1, 999, S+1))``; diffusers' "linspace"
+  spacing differs from it by at most one timestep. Default 100 steps [INF: the paper's step count for
+  UCF-101 is not in the public config].
+
+Real checkpoints: a directory with ``autoencoder/`` and ``unet/`` (diffusers layout, as
+:meth:`PVDMUCF101.save_pretrained` writes), or PVDM's own ``model_last.pth`` files given as
+``"<autoencoder.pth>::<diffusion.pth>"`` (state dicts whose keys match these modules; a ``diffusion_model.``
+/ ``model.`` prefix is stripped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler
+
+from baselines._common.loading import MissingWeightsError, load_component, require_subfolders
+from baselines._common.text_video import place
+from baselines.pvdm.autoencoder import TriplaneAutoencoder
+from baselines.pvdm.plane_unet import PlaneUNet
+from cmdbench.interfaces import (
+    CostStage,
+    GeneratorSpec,
+    SamplingDefaults,
+    StageHook,
+    UnsupportedSettingError,
+    check_conditioning,
+    stage,
+)
+from cmdbench.registry import GENERATORS
+from cmdbench.seeding import randn_per_sample
+from cmdbench.video import float_to_uint8
+
+NAME = "pvdm-ucf101"
+WEIGHT_SEED = 0
+ETA = 1.0
+
+AE_CONFIG: dict[str, Any] = {"channels": 384, "resolution": 256, "frames": 16, "patch_size": 8, "depth": 8,
+                             "heads": 8, "dim_head": 64, "embed_dim": 4}
+UNET_CONFIG: dict[str, Any] = {"in_channels": 4, "out_channels": 4, "model_channels": 256,
+                               "channel_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                               "attention_resolutions": [4, 2, 1], "num_heads": 8, "plane_size": 32,
+                               "plane_frames": 16, "cond_model": True}
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0015,
+    "beta_end": 0.0195,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": True,
+    "clip_sample_range": 1.0,
+    "set_alpha_to_one": True,
+    "timestep_spacing": "linspace",
+    "prediction_type": "epsilon",
+}
+TINY_AE_CONFIG: dict[str, Any] = {"channels": 32, "resolution": 32, "frames": 4, "patch_size": 8, "depth": 1,
+                                  "heads": 2, "dim_head": 16, "embed_dim": 4, "summary_depth": 1,
+                                  "summary_heads": 2, "summary_mlp_dim": 32}
+TINY_UNET_CONFIG: dict[str, Any] = {**UNET_CONFIG, "model_channels": 16, "channel_mult": [1, 2],
+                                    "num_res_blocks": 1, "attention_resolutions": [2], "num_heads": 2,
+                                    "plane_size": 4, "plane_frames": 4, "norm_num_groups": 8}
+
+DEFAULTS = SamplingDefaults(num_frames=16, height=256, width=256, steps=100, guidance_scale=None)
+TINY_DEFAULTS = SamplingDefaults(num_frames=4, height=32, width=32, steps=2, guidance_scale=None)
+
+
+class PVDMUCF101:
+    """Unconditional triplane latent video diffusion (see module docstring)."""
+
+    conditioning = "none"
+    num_classes = None
+    eval_prompts = None
+
+    def __init__(self, *, autoencoder: TriplaneAutoencoder, unet: PlaneUNet, defaults: SamplingDefaults,
+                 device: str = "cpu", dtype: torch.dtype = torch.float32, name: str = NAME) -> None:
+        self.name = name
+        self.autoencoder = autoencoder.eval()
+        self.unet = unet.eval()
+        self.defaults = defaults
+        self.scheduler_config = dict(SCHEDULER_CONFIG)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.eta = ETA
+        self.stage_hook: StageHook | None = None
+
+    def check_settings(self, num_frames: int, height: int, width: int, steps: int, guidance: float | None) -> None:
+        ae = self.autoencoder.config
+        if (num_frames, height, width) != (ae.frames, ae.resolution, ae.resolution):
+            raise UnsupportedSettingError(
+                f"{self.name}: {num_frames} frames of {height}x{width}; allowed only {ae.frames} frames of "
+                f"{ae.resolution}x{ae.resolution} (the autoencoder's learned position tables fix them)"
+            )
+        if not isinstance(steps, int) or not 1 <= steps <= self.scheduler_config["num_train_timesteps"]:
+            raise UnsupportedSettingError(f"{self.name}: steps={steps!r}; allowed 1..1000")
+        if guidance not in (None, 1.0):
+            raise UnsupportedSettingError(
+                f"{self.name} is unconditional: guidance_scale={guidance!r}; allowed None (no guidance)"
+            )
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        *,
+        prompts: Sequence[str] | None = None,
+        labels: Sequence[int] | None = None,
+        num_frames: int,
+        height: int,
+        width: int,
+        steps: int,
+        generator: Sequence[torch.Generator],
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor:
+        """Sample ``len(generator)`` videos; returns uint8 ``(B, T, 3, H, W)`` on the CPU."""
+        batch = len(generator)
+        if batch == 0:
+            raise ValueError(f"{self.name}: pass at least one torch.Generator (one per sample)")
+        check_conditioning(self.name, self.conditioning, batch, prompts=prompts, labels=labels)
+        self.check_settings(num_frames, height, width, steps, guidance_scale)
+        scheduler = DDIMScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(steps, device=self.device)
+        shape = (self.autoencoder.config.embed_dim, self.autoencoder.latent_length)
+        latents = randn_per_sample(generator, shape, device=self.device)  # (B, 4, 2048) float32
+        with stage(self.stage_hook, "denoiser"):
+            for t in scheduler.timesteps:
+                eps = self.unet(latents.to(self.dtype), t).float()  # (B, 4, 2048)
+                noise = randn_per_sample(generator, shape, device=self.device) if self.eta > 0 else None
+                latents = scheduler.step(eps, t, latents, eta=self.eta, variance_noise=noise).prev_sample
+        with stage(self.stage_hook, "decoder"):
+            videos = torch.cat([self.autoencoder.decode(z[None].to(self.dtype)).float() for z in latents])
+        return float_to_uint8(videos.transpose(1, 2).clamp(-1, 1).cpu(), value_range=(-1.0, 1.0))
+
+    def cost_stages(self, *, num_frames: int, height: int, width: int, steps: int) -> list[CostStage]:
+        """The plane UNet (``steps`` calls, no guidance) and the autoencoder's decoder (once)."""
+        self.check_settings(num_frames, height, width, steps, None)
+        p = next(self.unet.parameters())
+        shape = (self.autoencoder.config.embed_dim, self.autoencoder.latent_length)
+
+        def unet_inputs(batch: int) -> dict[str, Any]:
+            return {"x": torch.zeros(batch, *shape, device=p.device, dtype=p.dtype),
+                    "timesteps": torch.tensor(999, device=p.device)}
+
+        def decoder_inputs(batch: int) -> dict[str, Any]:
+            return {"latent": torch.zeros(batch, *shape, device=p.device, dtype=p.dtype)}
+
+        return [
+            CostStage("denoiser", self.unet, unet_inputs, calls=steps),
+            CostStage("decoder", self.autoencoder, decoder_inputs, calls=1, paper_convention=False,
+                      forward=lambda module, **kw: module.decode(**kw)),
+        ]
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.autoencoder.save_pretrained(path / "autoencoder")
+        self.unet.save_pretrained(path / "unet")
+        return path
+
+
+def _load_pth(path: Path, module: torch.nn.Module) -> torch.nn.Module:
+    if not path.is_file():
+        raise MissingWeightsError(f"{NAME}: weight file {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    for prefix in ("diffusion_model.", "model."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def build(spec: GeneratorSpec) -> PVDMUCF101:
+    """Random weights (``checkpoint=None``; miniature when ``tiny``) or a real checkpoint."""
+    dtype = spec.torch_dtype
+    if spec.checkpoint is None:
+        with torch.random.fork_rng(devices=[]), torch.device(spec.device):
+            torch.manual_seed(WEIGHT_SEED)
+            ae = TriplaneAutoencoder(**(TINY_AE_CONFIG if spec.tiny else AE_CONFIG))
+            unet = PlaneUNet(**(TINY_UNET_CONFIG if spec.tiny else UNET_CONFIG))
+    elif "::" in spec.checkpoint:
+        ae_path, unet_path = (Path(p).expanduser() for p in spec.checkpoint.split("::", 1))
+        ae = _load_pth(ae_path, TriplaneAutoencoder(**AE_CONFIG))
+        unet = _load_pth(unet_path, PlaneUNet(**UNET_CONFIG))
+    else:
+        layout = "autoencoder/ and unet/ written by save_pretrained, or '<autoencoder.pth>::<diffusion.pth>'"
+        if not Path(spec.checkpoint).expanduser().is_dir():
+            raise MissingWeightsError(f"{NAME}: checkpoint {spec.checkpoint} is not a directory; expected {layout}")
+        require_subfolders(NAME, spec.checkpoint, ["autoencoder", "unet"], layout)
+        ae = load_component(NAME, TriplaneAutoencoder, spec.checkpoint, "autoencoder")
+        unet = load_component(NAME, PlaneUNet, spec.checkpoint, "unet")
+    ae, unet = place(ae, spec.device, dtype), place(unet, spec.device, dtype)
+    return PVDMUCF101(autoencoder=ae, unet=unet, defaults=TINY_DEFAULTS if spec.tiny else DEFAULTS,
+                      device=spec.device, dtype=dtype)
+
+
+GENERATORS.register(
+    NAME,
+    build,
+    description="PVDM unconditional UCF-101 16x256x256 (own port: triplane TimeSformer AE + plane UNet), "
+    "DDIM eta 1",
+)
