@@ -155,3 +155,20 @@ def test_bad_configs(tmp_path):
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(ValueError, match="caption"):
         train(config(tmp_path, "nocap", max_steps=1), [(clips(1)[0][0], None)])
+
+
+def test_cli_trains_from_a_folder_of_videos(tmp_path, capsys):
+    from cmdbench.cli import main
+    from cmdbench.data.synthetic import write_folder
+
+    write_folder(tmp_path / "videos", 3, num_frames=10, height=20, width=20)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"preset": "cmd-tiny", "dataset": "folder", "data_dir": str(tmp_path / "videos"),
+                               "output_dir": str(tmp_path / "run"), "batch_size": 2, "max_steps": 2,
+                               "checkpoint_every": 1}))
+    assert main(["train", "content", "--config", str(cfg)]) == 0
+    assert (tmp_path / "run" / "final" / "content_model" / "config.json").is_file()
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step-00000001", "step-00000002"]
+    assert "3 clips" in capsys.readouterr().out
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert main(["train", "motion", "--config", str(tmp_path / "missing.json")]) == 2
