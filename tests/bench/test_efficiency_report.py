@@ -1,0 +1,77 @@
+"""Efficiency tables from records: paper vs reproduced cells, ratios, newest row wins, deterministic output."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from cmdbench.bench.efficiency_report import render, table8, table9_flops, table9_measured
+from cmdbench.bench.paper_numbers import DEFAULT_OUT
+from cmdbench.bench.repro_efficiency import Recorder, Setting
+from cmdbench.bench.results import read_csv
+
+PAPER = Setting(16, 512, 1024, 50)
+
+
+def _results(tmp_path: Path) -> Path:
+    (tmp_path / "paper").mkdir()
+    shutil.copy(DEFAULT_OUT, tmp_path / "paper" / "cmd_arxiv_v1.csv")
+    return tmp_path
+
+
+def _write(results: Path, values: dict[tuple[str, str, int], float]) -> Recorder:
+    rec = Recorder(results / "records")
+    for (gen, metric, steps), v in values.items():
+        rec.add(generator=gen, metric=metric, value=v, unit="TMAC", setting=Setting(16, 512, 1024, steps))
+    return rec
+
+
+def test_table9_ratios_and_newest_row_wins(tmp_path):
+    results = _results(tmp_path)
+    _write(results, {("modelscope-t2v", "tmacs_paper", 50): 900.0})
+    _write(results, {("modelscope-t2v", "tmacs_paper", 50): 939.0 * 1.01, ("cmd-webvid-512x1024", "tmacs_paper", 50): 46.8,
+                     ("cmd-webvid-512x1024", "tmacs_paper", 100): 92.1 / 2})
+    render(results)
+    from cmdbench.bench.efficiency_report import load_efficiency_records
+
+    rec = load_efficiency_records(results / "records")
+    paper = read_csv(results / "paper" / "cmd_arxiv_v1.csv")
+    t9 = table9_flops(rec, paper).set_index("Method")
+    assert t9.loc["ModelScope", "TMAC 50 paper"] == "939.0"
+    assert t9.loc["ModelScope", "ratio 50"] == "1.010"
+    assert t9.loc["CMD", "ratio 50"] == "1.000" and t9.loc["CMD", "ratio 100"] == "0.500"
+    assert t9.loc["LVDM", "TMAC 50 ours"] == "–" and t9.loc["LVDM", "ratio 50"] == "–"
+
+
+def test_measured_table_marks_oom_and_unsupported(tmp_path):
+    results = _results(tmp_path)
+    rec = Recorder(results / "records")
+    s = Setting(16, 64, 64, 1)
+    rec.add(generator="modelscope-t2v", metric="sampling_time", value=10.0, unit="s", setting=s, device="cpu")
+    rec.add(generator="lvdm-t2v", metric="out_of_memory", value=1.0, unit="flag", setting=s, device="cpu")
+    rec.add(generator="cmd-webvid-512x1024", metric="unsupported", value=1.0, unit="flag", setting=s, device="cpu")
+    from cmdbench.bench.efficiency_report import load_efficiency_records, measured_groups
+
+    recs = load_efficiency_records(results / "records")
+    (group,) = measured_groups(recs)
+    t = table9_measured(recs, read_csv(results / "paper" / "cmd_arxiv_v1.csv"), group).set_index("Method")
+    assert t.loc["ModelScope", "time B=1 (s, excl. SD dec.)"] == "10.00"
+    assert t.loc["LVDM", "time B=1 (s, excl. SD dec.)"] == "OOM"
+    assert t.loc["CMD", "time B=1 (s, excl. SD dec.)"] == "unsupported setting"
+    assert t.loc["ModelScope", "time / CMD time (paper)"] == "11.21"
+
+
+def test_table8_compares_one_forward_and_rendering_is_deterministic(tmp_path):
+    results = _results(tmp_path)
+    rec = Recorder(results / "records")
+    s = Setting(16, 512, 512, 1)
+    rec.add(generator="modelscope-t2v", metric="train_tmacs_forward/denoiser", value=9.41 * 0.9, unit="TMAC", setting=s)
+    first = [p.read_bytes() for p in render(results) if p.suffix in (".md", ".tex")]
+    second = [p.read_bytes() for p in render(results) if p.suffix in (".md", ".tex")]
+    assert first == second
+    from cmdbench.bench.efficiency_report import load_efficiency_records
+
+    t8 = table8(load_efficiency_records(results / "records"), read_csv(results / "paper" / "cmd_arxiv_v1.csv"))
+    row = t8.set_index("Component").loc["ModelScope diffusion"]
+    assert row["ratio"] == "0.900" and row["TFLOPs paper"] == "9.41"
+    assert t8.set_index("Component").loc["CMD autoencoder", "fwd TMAC ours (paper conv.)"] == "not counted"
