@@ -351,3 +351,8 @@ def render(results: Path) -> list[Path]:
         written += fn(rec, paper, figures)
     written += figure_trend(results / "records", figures)
     return written
+
+
+def render_efficiency(root: str | Path = ".") -> list[Path]:
+    """Entry of :data:`cmdbench.bench.render.RENDERERS`: render from ``<root>/results``."""
+    return render(Path(root) / "results")
