@@ -27,6 +27,7 @@ def test_count_only_json_matches_direct_count(capsys):
     assert e["tflops_true"] == pytest.approx(direct.true_tflops) and e["params"] == direct.params
 
 
+@pytest.mark.slow
 def test_measured_run_writes_records(tmp_path, capsys):
     assert main(["efficiency", *SMALL, "--warmup", "0", "--records", str(tmp_path)]) == 0
     assert "TMAC paper convention" in capsys.readouterr().out
