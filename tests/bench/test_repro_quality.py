@@ -1,0 +1,99 @@
+"""Quality reproductions end to end on synthetic data (--tiny), the missing-input check, and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from cmdbench.bench.repro_quality import MissingInputsError, paper_number, reproduce
+from cmdbench.bench.reproduce import load_reproductions
+from cmdbench.bench.results import load_records
+
+ENV = ("CMDBENCH_UCF101_ROOT", "CMDBENCH_WEBVID_ROOT", "CMDBENCH_WEBVID_CSV", "CMDBENCH_MSRVTT_ROOT",
+       "CMDBENCH_CMD_CHECKPOINT", "CMDBENCH_CMD_T2V_CHECKPOINT", "CMDBENCH_CMD_WEBVID_CHECKPOINT")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny(table, tmp_path, *extra):
+    args = ["--tiny", "--records", str(tmp_path / "rec"), "--tables", str(tmp_path / "tab"),
+            "--work-dir", str(tmp_path / "work"), "--num-workers", "0", *extra]
+    assert reproduce(table, args) == 0
+    return load_records(tmp_path / "rec")
+
+
+def test_registered():
+    assert {"ucf101", "msrvtt", "webvid", "ablations"} <= set(load_reproductions().names())
+
+
+def test_missing_inputs_are_listed_together_before_any_work(tmp_path, monkeypatch):
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CMDBENCH_CACHE", str(tmp_path / "empty-cache"))  # no weight files there
+    with pytest.raises(MissingInputsError) as err:
+        reproduce("webvid", ["--records", str(tmp_path / "rec"), "--work-dir", str(tmp_path / "w")])
+    msg = str(err.value)
+    for needle in ("--webvid-root", "CMDBENCH_WEBVID_ROOT", "--checkpoint", "CMDBENCH_CMD_WEBVID_CHECKPOINT",
+                   "i3d_torchscript", "--i3d-weights", "clip_vit_b32", "cmdbench weights fetch", "--tiny"):
+        assert needle in msg, needle
+    assert not (tmp_path / "rec").exists() and not (tmp_path / "w").exists()
+    with pytest.raises(MissingInputsError, match="does not exist"):
+        reproduce("ucf101", ["--parts", "cond2048", "--ucf101-root", str(tmp_path / "nope"), "--checkpoint", "x.pt"])
+
+
+def test_paper_numbers_are_found():
+    assert paper_number("Table 1", "cond2048", "fvd") == (107.0, 9.0)
+    assert paper_number("Table 1", "cond10k", "fvd") == (73.0, 2.0)
+    assert paper_number("Table 1", "zeroshot", "fvd") == (504.0, None)
+    assert paper_number("Table 2", "msrvtt", "clipsim") == (0.2894, None)
+    assert paper_number("Table 11", "cfg 10.0", "fvd") == (245.2, None)
+    assert paper_number("Table 4a", "reconstruction", "fvd") == (7.72, None)
+
+
+@pytest.mark.slow
+def test_ucf101_tiny_end_to_end_and_resume(tmp_path, capsys):
+    df = _tiny("ucf101", tmp_path)
+    assert sorted(df["notes"].str.split(";").str[0]) == ["Table 1 cond10k", "Table 1 cond2048", "Table 1 zeroshot"]
+    assert df["value"].map(math.isfinite).all() and (df["value"] >= 0).all() and df["std"].notna().all()
+    n = dict(zip(df["notes"].str.split(";").str[0], df["n"], strict=True))
+    assert n == {"Table 1 cond2048": 6, "Table 1 cond10k": 8, "Table 1 zeroshot": 7}
+    assert df["notes"].str.contains("TINY").all() and df["notes"].str.contains("n_real=").all()
+    table = (tmp_path / "tab" / "quality_ucf101_tiny.md").read_text()
+    assert "107.0 ± 9.0" in table and "TINY" in table
+    meta = json.loads(next((tmp_path / "rec").glob("*.json")).read_text())
+    assert any(r["clips_planned"] == 9 for r in meta["data_reports"].values())
+    # a second run reuses the cached real statistics and the sampled chunks: same numbers, no sampling
+    capsys.readouterr()
+    df2 = _tiny("ucf101", tmp_path)
+    out = capsys.readouterr().out
+    assert "computed;" not in out and out.count("(cached;") == 3
+    again = df2[df2["run_id"] != df["run_id"].iloc[0]].sort_values("notes")["value"].tolist()
+    assert again == df.sort_values("notes")["value"].tolist()
+
+
+@pytest.mark.slow
+def test_msrvtt_webvid_ablations_tiny(tmp_path):
+    df = _tiny("msrvtt", tmp_path)
+    assert df["metric"].tolist() == ["clipsim"] and -1 <= df["value"].iloc[0] <= 1 and df["n"].iloc[0] == 6
+    df = _tiny("webvid", tmp_path)
+    web = df[df["dataset"] == "WebVid-10M"]
+    assert sorted(set(web["guidance_scale"])) == [7.0, 9.0]
+    assert len(web) == 6  # cfg 7 (Table 11) + cfg 9 (Tables 3 and 11), FVD and CLIPSIM each
+    t3 = web[web["notes"].str.startswith("Table 3")]
+    assert sorted(t3["metric"]) == ["clipsim", "fvd"]
+    df = _tiny("ablations", tmp_path)
+    row = df[df["notes"].str.startswith("Table 4a")].iloc[0]
+    assert row["generator"] == "cmd-tiny autoencoder" and row["n"] == 6 and math.isfinite(row["value"])
+    tables = sorted(p.name for p in (tmp_path / "tab").iterdir())
+    assert tables == ["quality_ablations_tiny.md", "quality_msrvtt_tiny.md", "quality_webvid_tiny.md"]
+    assert isinstance(pd.read_csv(next((tmp_path / "rec").glob("*.csv"))), pd.DataFrame)
