@@ -97,11 +97,14 @@ class PVDMUCF101:
 
     def check_settings(self, num_frames: int, height: int, width: int, steps: int, guidance: float | None) -> None:
         ae = self.autoencoder.config
-        if (num_frames, height, width) != (ae.frames, ae.resolution, ae.resolution):
-            raise UnsupportedSettingError(
-                f"{self.name}: {num_frames} frames of {height}x{width}; allowed only {ae.frames} frames of "
-                f"{ae.resolution}x{ae.resolution} (the autoencoder's learned position tables fix them)"
-            )
+        fixed = {"num_frames": (num_frames, ae.frames), "height": (height, ae.resolution),
+                 "width": (width, ae.resolution)}
+        for what, (value, allowed) in fixed.items():
+            if value != allowed:
+                raise UnsupportedSettingError(
+                    f"{self.name}: {what}={value!r}; allowed only {allowed} (the autoencoder's learned "
+                    f"position tables fix {ae.frames} frames of {ae.resolution}x{ae.resolution})"
+                )
         if not isinstance(steps, int) or not 1 <= steps <= self.scheduler_config["num_train_timesteps"]:
             raise UnsupportedSettingError(f"{self.name}: steps={steps!r}; allowed 1..1000")
         if guidance not in (None, 1.0):

@@ -37,7 +37,7 @@ def test_tiny_samples_uint8_video(tiny, checks):
 def test_unconditional_and_fixed_size(tiny, checks):
     with pytest.raises(ConditioningError):
         checks.sample_at_defaults(tiny, [0], prompts=["a"])
-    with pytest.raises(UnsupportedSettingError, match="allowed only 4 frames of 32x32"):
+    with pytest.raises(UnsupportedSettingError, match="num_frames=8; allowed only 4"):
         checks.sample_at_defaults(tiny, [0], num_frames=8)
     with pytest.raises(UnsupportedSettingError, match="unconditional"):
         checks.sample_at_defaults(tiny, [0], guidance_scale=3.0)
