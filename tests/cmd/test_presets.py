@@ -1,0 +1,109 @@
+"""CMD presets: registry entries, full-size architectures on the meta device (shapes, parameters, tokens),
+cost stages, checkpoint loading with a config check, and the generator's input validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cmdbench.cmd import presets
+from cmdbench.cmd.pipeline import CMDPipeline
+from cmdbench.interfaces import ConditioningError, GeneratorSpec, UnsupportedSettingError, VideoGenerator
+from cmdbench.registry import GENERATORS
+from cmdbench.seeding import make_generators
+
+NAMES = ["cmd-ucf101-64", "cmd-webvid-512x1024", "cmd-sd15-512", "cmd-tiny"]
+
+
+@pytest.fixture(scope="module")
+def meta():
+    """Full-size generators on the meta device (no memory)."""
+    return {name: GENERATORS.get(name)(GeneratorSpec(device="meta")) for name in NAMES[:3]}
+
+
+def test_every_preset_is_registered_with_paper_defaults():
+    for name in NAMES:
+        assert name in GENERATORS
+    ucf, webvid = presets.PRESETS["cmd-ucf101-64"], presets.PRESETS["cmd-webvid-512x1024"]
+    assert (ucf.conditioning, ucf.num_classes, ucf.guidance_scale) == ("class", 101, 4.0)
+    assert (webvid.conditioning, webvid.guidance_scale, webvid.steps, webvid.motion_steps) == ("text", 7.5, 50, 100)
+    assert webvid.defaults.num_frames == 16 and (webvid.height, webvid.width) == (512, 1024)
+
+
+def test_full_size_shapes_and_token_counts(meta):
+    # cmd-paper.md §2.5 / §4.2: content frame, motion latent, and 512 motion-DiT tokens in every setting.
+    expected = {
+        "cmd-ucf101-64": ((3, 64, 64), (8, 16, 64), 256, 256),
+        "cmd-webvid-512x1024": ((4, 64, 128), (8, 16, 96), 384, 128),
+        "cmd-sd15-512": ((4, 64, 64), (8, 16, 64), 256, 256),
+    }
+    for name, (content, motion, n_motion, n_content) in expected.items():
+        gen = meta[name]
+        d = gen.defaults
+        assert gen.pipeline.latent_shapes(d.num_frames, d.height, d.width) == (content, motion)
+        mm = gen.pipeline.motion_model
+        assert (mm.num_motion_tokens, mm.num_content_tokens) == (n_motion, n_content), name
+        assert gen.pipeline.autoencoder.content_shape == content
+
+
+def test_parameter_counts_per_component(meta):
+    counts = {name: presets.parameter_counts(gen.pipeline) for name, gen in meta.items()}
+    web = counts["cmd-webvid-512x1024"]
+    assert web["content_model"] == 865_910_724  # SD 2.1-base UNet (baselines.md §5.2: 865.91M)
+    assert counts["cmd-sd15-512"]["content_model"] == 859_520_964  # SD 1.5 UNet (859.52M)
+    assert web["vae"] == 83_653_863  # SD VAE (83.65M)
+    assert 674e6 < web["motion_model"] < 677e6  # DiT-XL/2 + text projection (cmd-paper.md §4.3: ~675M)
+    assert 455e6 < counts["cmd-ucf101-64"]["motion_model"] < 459e6  # DiT-L/2 (~457M)
+    # The generative part (content + motion + autoencoder) of the T2V preset against Table 10's 1.6B.
+    generative = web["content_model"] + web["motion_model"] + web["autoencoder"]
+    assert abs(generative - presets.PAPER_TOTAL_PARAMS) / presets.PAPER_TOTAL_PARAMS < 0.03
+
+
+def test_cost_stages_run_on_meta(meta):
+    gen = meta["cmd-webvid-512x1024"]
+    stages = gen.cost_stages(num_frames=16, height=512, width=1024, steps=50)
+    assert [s.name for s in stages] == ["text_encoder", "content", "motion", "decoder", "vae_decoder"]
+    assert [s.paper_convention for s in stages] == [False, True, True, True, False]
+    assert [s.calls for s in stages] == [1, 50, 50, 1, 1]
+    shapes = {}
+    for s in stages:
+        out = s.forward(s.module, **s.make_inputs(1)) if s.forward else s.module(**s.make_inputs(1))
+        out = out[0] if isinstance(out, tuple) else getattr(out, "sample", getattr(out, "last_hidden_state", out))
+        shapes[s.name] = tuple(out.shape)
+    assert shapes == {"text_encoder": (1, 77, 1024), "content": (1, 4, 64, 128), "motion": (1, 8, 16, 96),
+                      "decoder": (1, 4, 16, 64, 128), "vae_decoder": (16, 3, 512, 1024)}
+    with pytest.raises(UnsupportedSettingError, match="num_frames=16"):
+        gen.cost_stages(num_frames=24, height=512, width=1024, steps=50)
+    ucf = meta["cmd-ucf101-64"].cost_stages(num_frames=16, height=64, width=64, steps=50)
+    assert [s.name for s in ucf] == ["content", "motion", "decoder"]
+
+
+def test_tiny_generators_follow_the_protocol():
+    gen = GENERATORS.get("cmd-tiny")(GeneratorSpec(tiny=True))
+    assert isinstance(gen, VideoGenerator)
+    d = gen.defaults
+    video = gen.sample(prompts=["Fire"], num_frames=d.num_frames, height=d.height, width=d.width, steps=2,
+                       generator=make_generators([0]))
+    assert video.dtype == torch.uint8 and video.shape == (1, d.num_frames, 3, d.height, d.width)
+    with pytest.raises(UnsupportedSettingError, match="num_frames=8, height x width = 16x16"):
+        gen.sample(prompts=["Fire"], num_frames=16, height=16, width=16, steps=2, generator=make_generators([0]))
+    with pytest.raises(ConditioningError, match="prompts"):
+        gen.sample(num_frames=8, height=16, width=16, steps=2, generator=make_generators([0]))
+    ucf = GENERATORS.get("cmd-ucf101-64")(GeneratorSpec(tiny=True))
+    with pytest.raises(ConditioningError, match="0..100"):
+        ucf.sample(labels=[101], num_frames=8, height=16, width=16, steps=2, generator=make_generators([0]))
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path):
+    gen = GENERATORS.get("cmd-tiny")(GeneratorSpec(tiny=True))
+    gen.pipeline.save_pretrained(tmp_path / "tiny")
+    loaded = GENERATORS.get("cmd-tiny")(GeneratorSpec(checkpoint=str(tmp_path / "tiny")))
+    assert isinstance(loaded.pipeline, CMDPipeline)
+    kw = {"prompts": ["Fire"], "num_frames": 8, "height": 16, "width": 16, "steps": 2}
+    assert torch.equal(gen.sample(**kw, generator=make_generators([4])), loaded.sample(**kw, generator=make_generators([4])))
+    with pytest.raises(presets.CheckpointMismatchError, match=r"cmd-ucf101-64.*content_model is UNet2DConditionModel"):
+        GENERATORS.get("cmd-ucf101-64")(GeneratorSpec(checkpoint=str(tmp_path / "tiny")))
+    with pytest.raises(presets.CheckpointMismatchError, match="autoencoder.hidden_size=32"):
+        GENERATORS.get("cmd-webvid-512x1024")(GeneratorSpec(checkpoint=str(tmp_path / "tiny")))
+    with pytest.raises(FileNotFoundError, match="could not load CMD checkpoint"):
+        GENERATORS.get("cmd-tiny")(GeneratorSpec(checkpoint=str(tmp_path / "nowhere")))
