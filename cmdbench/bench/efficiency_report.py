@@ -9,6 +9,7 @@ records give byte-identical tables.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +85,17 @@ def _paper(paper: pd.DataFrame, table: str, method: str, metric: str, **where) -
 def table9_flops(rec: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """Paper-convention TMACs at 50/100 steps (paper vs ours), true TFLOPs, for every counted generator."""
     counted = _get(rec, metric="tmacs_paper", height=512, width=1024, num_frames=16, device_name="meta")
-    gens = [g for _, g in MAIN] + sorted(set(counted["generator"]) - {g for _, g in MAIN})
+    refused = _get(rec, metric="unsupported", height=512, width=1024, num_frames=16, device_name="meta")
+    gens = [g for _, g in MAIN] + sorted((set(counted["generator"]) | set(refused["generator"]))
+                                         - {g for _, g in MAIN})
     rows = []
     for gen in gens:
         method = METHOD_OF.get(gen, gen)
         cells = {"Method": method, "Generator": gen}
+        if _get(counted, generator=gen).empty and not _get(refused, generator=gen).empty:
+            note = str(_get(refused, generator=gen)["notes"].iloc[-1])
+            rows.append(cells | {"TMAC 50 paper": DASH, "TMAC 50 ours": f"unsupported: {note}"})
+            continue
         for steps in (50, 100):
             p = _paper(paper, "Table 9", method, "tmacs_paper", steps=steps)
             o = _value(counted, generator=gen, steps=steps)
@@ -232,10 +239,11 @@ def figure1(rec: pd.DataFrame, paper: pd.DataFrame, figures: Path) -> list[Path]
 
 def _bars(ax, labels: list[str], paper_vals: list, ours_vals: list, ylabel: str) -> None:
     x = np.arange(len(labels))
-    ax.bar(x - 0.2, [v if v is not None else 0 for v in paper_vals], 0.4, label="paper")
-    ax.bar(x + 0.2, [v if v is not None else 0 for v in ours_vals], 0.4, label="ours (counted)")
+    for dx, vals, label in ((-0.2, paper_vals, "paper"), (0.2, ours_vals, "ours (counted)")):
+        bars = ax.bar(x + dx, [v if v is not None else 0 for v in vals], 0.4, label=label)
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.3g}" for v in vals], fontsize=6)
     ax.set_xticks(x)
-    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_xticklabels([textwrap.fill(s, 12) for s in labels], fontsize=7)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
 
@@ -244,8 +252,8 @@ def figure5(rec: pd.DataFrame, paper: pd.DataFrame, figures: Path) -> list[Path]
 
     t8 = table8(rec, paper)
     num = lambda s: None if s in (DASH, "not counted") else float(s)  # noqa: E731
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    labels = [c.replace(" diffusion", "\ndiffusion").replace("CMD ", "CMD\n") for c in t8["Component"]]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    labels = list(t8["Component"])
     _bars(ax, labels, [num(v) for v in t8["TFLOPs paper"]], [num(v) for v in t8["fwd TMAC ours (paper conv.)"]],
           "TMAC per training forward (512x512x16)")
     ax.set_title("Fig. 5: training cost per component", fontsize=9)

@@ -318,6 +318,8 @@ def run(argv: list[str]) -> int:
         except UnsupportedSettingError as err:
             skipped.append(f"{name}: {err}")
             print(f"  {name}: unsupported at the paper setting ({err})")
+            rec.add(generator=name, metric="unsupported", value=1.0, unit="flag", setting=PAPER_SETTING,
+                    notes=str(err))
             continue
         record_counts(rec, name, costs, cond)
         print(f"  {name}: {costs[0].paper_tmacs:.1f} TMAC (50 steps, paper convention), "
