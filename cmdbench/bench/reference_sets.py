@@ -116,3 +116,55 @@ def real_statistics(
             )
         path = cache.put(stats, protocol, extractor.checksum, key)
     return RealStats(stats, False, path, len(dataset), len(done), dataset.report.to_dict())
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"64"`` -> (64, 64); ``"512x1024"`` -> (512, 1024); None stays None."""
+    if text is None:
+        return None
+    try:
+        parts = [int(v) for v in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise ValueError(f"size {text!r}; allowed N or HxW with positive integers, e.g. 64 or 512x1024")
+    return parts[0], parts[1]
+
+
+def ref_stats_for_dataset(args: Any, protocol: EvalProtocol, extractor: Any, cache: ReferenceCache) -> int:
+    """``cmdbench ref-stats --dataset ucf101|webvid --root ...``: sharded, resumable, cached; prints the path.
+
+    ``args`` carries ``dataset, root, size, policy, batch_size, num_workers, work_dir, force, out`` and the
+    dataset options ``split, fold, webvid_csv`` (those it has). Cached statistics built under another
+    protocol are never mixed in: the cache key and the chunk tags name every protocol field.
+    """
+    from cmdbench.metrics.fvd import FVD
+
+    if not getattr(args, "root", None):
+        raise ValueError(f"--dataset {args.dataset} needs --root (the dataset directory)")
+    options: dict[str, Any] = {}
+    if args.dataset == "ucf101":
+        options.update(split=getattr(args, "split", None) or "train", fold=getattr(args, "fold", None) or 1)
+    if args.dataset == "webvid" and getattr(args, "webvid_csv", None):
+        options["csv_path"] = args.webvid_csv
+    if args.dataset == "webvid" and protocol.num_real:
+        options["limit"] = protocol.num_real
+    fvd = FVD(protocol, extractor=extractor, strict=False)
+    dataset = open_real_dataset(args.dataset, args.root, protocol, size=parse_size(getattr(args, "size", None)),
+                                policy=getattr(args, "policy", "strict"), **options)
+    result = real_statistics(dataset, fvd, cache=None if getattr(args, "force", False) else cache,
+                             work_dir=getattr(args, "work_dir", None), batch_size=args.batch_size,
+                             num_workers=getattr(args, "num_workers", 2), chunk_size=getattr(args, "chunk_size", 256))
+    if not result.cached and getattr(args, "force", False) and Shard.current().rank == 0:
+        result.path = cache.put(result.stats, protocol, extractor.checksum, data_key(dataset))
+    if Shard.current().rank == 0:
+        print(f"{'cached' if result.cached else 'computed'}: {result.stats.n} real clips of {args.dataset} "
+              f"({dataset.report.summary()}), protocol {protocol.name!r}, extractor {extractor.name} -> {result.path}")
+        if dataset.report.skipped:
+            for s in dataset.report.skipped:
+                print(f"  skipped {s.source}: {s.reason} [{s.stage}]")
+        if getattr(args, "out", None):
+            print(f"written: {result.stats.save(args.out)}")
+    return 0

@@ -76,7 +76,7 @@ def handle_bad(report: DataReport, source: object, reason: str, stage: str) -> N
     """Under ``strict`` raise :class:`DatasetError`; under ``skip`` record the item in ``report``."""
     if report.policy == "strict":
         raise DatasetError(
-            f"{report.dataset}: bad input {source}: {reason} (policy 'strict'; pass --on-bad-input skip "
-            "to record and skip bad files instead)"
+            f"{report.dataset}: bad input {source}: {reason} (policy 'strict'; the 'skip' policy records and "
+            "skips bad files instead: --on-bad-input skip in reproduce, --policy skip in ref-stats)"
         )
     report.skip(source, reason, stage)
