@@ -29,7 +29,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--videos", required=True, help="folder of real videos (mp4/avi/webm/gif/frame dirs)")
+    parser.add_argument("--videos", default=None, help="folder of real videos (mp4/avi/webm/gif/frame dirs)")
+    parser.add_argument("--dataset", default="folder", choices=("folder", "ucf101", "webvid"),
+                        help="folder (--videos) or a registered dataset read from --root (sharded, resumable)")
+    parser.add_argument("--root", default=None, help="dataset root for --dataset ucf101/webvid")
+    parser.add_argument("--size", default=None, help="HxW real clips are resized to (ucf101: 64, webvid: 512x1024)")
+    parser.add_argument("--split", default=None, help="ucf101 split (train, the paper's evaluation split; or test)")
+    parser.add_argument("--webvid-csv", default=None, help="webvid validation CSV (default: found under --root)")
+    parser.add_argument("--work-dir", default=None, help="chunk checkpoints, so an interrupted run resumes")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding clips")
     add_protocol_arguments(parser)
     parser.add_argument("--num-real", type=int, default=None,
                         help="real clips (default: the metric's, e.g. 2048; 0 = one per video, all videos)")
@@ -149,6 +157,12 @@ def run(args: argparse.Namespace) -> int:
     protocol, extractor = build_extractor(resolve_protocol(args), args.extractor, path=args.extractor_path,
                                           device=args.device, batch_size=args.batch_size)
     cache = ReferenceCache(args.cache_dir)
+    if args.dataset != "folder":  # registered datasets: cmdbench.bench.reference_sets (data helper)
+        from cmdbench.bench.reference_sets import ref_stats_for_dataset
+
+        return ref_stats_for_dataset(args, protocol, extractor, cache)
+    if not args.videos:
+        raise ValueError("pass --videos DIR (a folder of videos) or --dataset ucf101|webvid --root DIR")
     stats, cached = compute_reference(args.videos, protocol, extractor, cache=cache, batch_size=args.batch_size,
                                       keep_features=args.keep_features, force=args.force, policy=args.policy)
     where = cache.path_for(protocol, extractor.checksum, stats.metadata.get("manifest_sha256"))
