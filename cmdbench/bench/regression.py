@@ -14,6 +14,7 @@ import fnmatch
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -136,3 +137,38 @@ def exit_code(verdicts: pd.DataFrame, *, fail_on_missing: bool = False) -> int:
 def summary(verdicts: pd.DataFrame) -> str:
     counts = verdicts["verdict"].value_counts()
     return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+
+
+# --- Reference rows per device --------------------------------------------------------------------------
+
+
+def device_slug(device_name: str) -> str:
+    """A directory name for a device: ``"cpu: x86_64 (2 threads)"`` -> ``"cpu-x86_64-2-threads"``."""
+    import re
+
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")
+    return slug or "unknown-device"
+
+
+def accept_reference(records: pd.DataFrame, reference_root: str | Path, run_ids: list[str] | None = None) -> list[Path]:
+    """Promote measured rows (of ``run_ids``, default: the newest per config_hash and metric) into
+    ``<reference_root>/<device-slug>/reference.csv``, replacing rows with the same (config_hash, metric)."""
+    from cmdbench.bench.results import load_records, validate, write_table_csv
+
+    rows = records[records["source"] == "measured"]
+    if run_ids:
+        unknown = sorted(set(run_ids) - set(rows["run_id"]))
+        if unknown:
+            raise ValueError(f"run ids {unknown} are not in the records; known {sorted(set(rows['run_id']))}")
+        rows = rows[rows["run_id"].isin(run_ids)]
+    rows = _latest(rows)
+    if rows.empty:
+        raise ValueError("no measured rows to accept as reference")
+    written = []
+    for device, group in rows.groupby("device_name", dropna=False):
+        path = Path(reference_root) / device_slug(str(device)) / "reference.csv"
+        old = load_records(path) if path.exists() else group.iloc[0:0]
+        keep = old[~old.set_index(["config_hash", "metric"]).index.isin(group.set_index(["config_hash", "metric"]).index)]
+        merged = validate(pd.concat([keep, group], ignore_index=True))
+        written.append(write_table_csv(merged.sort_values(["generator", "metric", "config_hash"]), path))
+    return written
