@@ -297,8 +297,8 @@ class MotionDiT(ModelMixin, ConfigMixin):
         content: torch.Tensor,
         class_labels: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
         return_dict: bool = False,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | Transformer2DModelOutput:
         """Predict noise for z_t.
 
@@ -308,7 +308,8 @@ class MotionDiT(ModelMixin, ConfigMixin):
             content: the clean content frame x_bar (B, Cc, Hc, Wc), same dtype/scale the AE produced.
             class_labels: (B,) long, class mode; ``null_class_label`` for the unconditional branch.
             encoder_hidden_states: text features (B, S, E) (mean-pooled) or pooled (B, E), text mode.
-            encoder_attention_mask: optional (B, S) mask for a masked mean over tokens.
+            return_dict: wrap the result in ``Transformer2DModelOutput(sample=...)``.
+            encoder_attention_mask: optional (B, S) mask (1 = keep) for a masked mean over tokens.
         Returns:
             eps prediction (B, D, L, W_m) (or (B, 2D, L, W_m) with ``learn_sigma``).
         """
