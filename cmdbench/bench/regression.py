@@ -143,7 +143,7 @@ def summary(verdicts: pd.DataFrame) -> str:
 
 
 def device_slug(device_name: str) -> str:
-    """A directory name for a device: ``"cpu: x86_64 (2 threads)"`` -> ``"cpu-x86_64-2-threads"``."""
+    """A directory name for a device: ``"cpu: x86_64 (2 threads)"`` -> ``"cpu-x86-64-2-threads"``."""
     import re
 
     slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")

@@ -77,3 +77,21 @@ def test_tolerance_overrides():
         parse_tolerances(["sampling_time=fast"])
     with pytest.raises(ValueError, match="kind"):
         parse_tolerances(["x=pct:3"])
+
+
+def test_device_slug_and_accept_reference(tmp_path):
+    from cmdbench.bench.regression import accept_reference, device_slug
+    from cmdbench.bench.results import load_records
+
+    assert device_slug("cpu: x86_64 (2 threads)") == "cpu-x86-64-2-threads"
+    assert device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    records = frame(record(run_id="r1", value=1.0, device_name="cpu: a"),
+                    record(run_id="r1", value=5.0, device_name="gpu b", config_hash="h-g"),
+                    record(run_id="r2", value=2.0, device_name="cpu: a", created_utc="2026-02-01T00:00:00Z"))
+    paths = accept_reference(records, tmp_path, ["r1"])
+    assert sorted(p.parent.name for p in paths) == ["cpu-a", "gpu-b"]
+    assert list(load_records(tmp_path / "cpu-a")["value"]) == [1.0]
+    accept_reference(records, tmp_path)  # newest per (config_hash, metric): r2 replaces r1's row
+    assert list(load_records(tmp_path / "cpu-a")["value"]) == [2.0]
+    with pytest.raises(ValueError, match="run ids \\['r9'\\] are not in the records"):
+        accept_reference(records, tmp_path, ["r9"])
