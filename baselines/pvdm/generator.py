@@ -192,6 +192,9 @@ def build(spec: GeneratorSpec) -> PVDMUCF101:
             unet = PlaneUNet(**(TINY_UNET_CONFIG if spec.tiny else UNET_CONFIG))
     elif "::" in spec.checkpoint:
         ae_path, unet_path = (Path(p).expanduser() for p in spec.checkpoint.split("::", 1))
+        missing = [str(p) for p in (ae_path, unet_path) if not p.is_file()]
+        if missing:  # before building the full-size networks
+            raise MissingWeightsError(f"{NAME}: weight files {missing} do not exist ('<ae.pth>::<ddpm.pth>')")
         ae = _load_pth(ae_path, TriplaneAutoencoder(**AE_CONFIG))
         unet = _load_pth(unet_path, PlaneUNet(**UNET_CONFIG))
     else:

@@ -37,6 +37,7 @@ def test_published_parameter_counts(full_meta, checks):
     assert checks.millions(full_meta.text_encoder) == pytest.approx(123.06, abs=0.01)
 
 
+@pytest.mark.slow
 def test_meta_forward_shape_and_macs_at_512x1024x16(full_meta, checks):
     denoiser = {s.name: s for s in full_meta.cost_stages(num_frames=16, height=512, width=1024, steps=50)}[
         "denoiser"]

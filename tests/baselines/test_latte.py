@@ -52,6 +52,7 @@ def test_text_encoder_is_built_only_when_needed(full_meta, checks):
     assert checks.millions(full_meta.text_encoder) == pytest.approx(4762.31, abs=0.01)  # T5 v1.1 XXL encoder
 
 
+@pytest.mark.slow
 def test_meta_forward_shape_and_macs_at_512x1024x16(full_meta, checks):
     denoiser = {s.name: s for s in full_meta.cost_stages(num_frames=16, height=512, width=1024, steps=50)}[
         "denoiser"]

@@ -97,5 +97,5 @@ def test_missing_checkpoint_is_named(tmp_path):
     (tmp_path / "ckpt" / "unet").mkdir(parents=True)
     with pytest.raises(MissingWeightsError, match="autoencoder"):
         build(GeneratorSpec(checkpoint=str(tmp_path / "ckpt")))
-    with pytest.raises(MissingWeightsError, match="does not exist"):
+    with pytest.raises(MissingWeightsError, match="do not exist"):
         build(GeneratorSpec(checkpoint=f"{tmp_path}/ae.pth::{tmp_path}/ddpm.pth"))
