@@ -202,6 +202,17 @@ class InceptionI3d(nn.Module):
         return x.mean(dim=(2, 3, 4))  # (B, 400); h = w = 1 at 224x224, as TF-hub's Mean over time
 
 
+def init_variance_preserving_(model: InceptionI3d) -> InceptionI3d:
+    """Kaiming-normal (fan-in, ReLU) conv weights, in place, so random-weight features still vary with the
+    input (PyTorch's default init shrinks activations layer by layer until the logits are ~constant)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
 def state_dict_sha256(module: nn.Module) -> str:
     """sha256 over the names, shapes and bytes of a module's state dict (identity of random weights)."""
     h = hashlib.sha256()
@@ -387,7 +398,7 @@ def make_extractor(
     if name in ("i3d-random", "i3d-random-tiny"):
         with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
             torch.manual_seed(seed)
-            model = InceptionI3d(NUM_CLASSES, width_divisor=16 if name.endswith("tiny") else 1)
+            model = init_variance_preserving_(InceptionI3d(NUM_CLASSES, width_divisor=16 if name.endswith("tiny") else 1))
         return I3DExtractor(model, preprocessing, name=name, checksum=state_dict_sha256(model), device=device,
                             dtype=dtype, batch_size=batch_size)
     raise ValueError(f"unknown feature extractor {name!r}; allowed {EXTRACTOR_NAMES}")

@@ -68,3 +68,21 @@ def test_evaluate_needs_reference(tmp_path, capsys):
     fake = make_folder(tmp_path / "fake", 1, seed=1)
     rc = main(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", *TINY, "--records", str(tmp_path / "r")])
     assert rc == 2 and "--ref-stats" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_generator_writes_rows(tmp_path):
+    from cmdbench.metrics.fvd import FVD, get_protocol
+
+    m = FVD(get_protocol("tats"), extractor="i3d-random-tiny")
+    stats = m.new_stats("real")  # reference metadata for (tats, the tiny extractor); features made up
+    stats.update(torch.randn(3, 400, generator=torch.Generator().manual_seed(0)).double() * 0.1)
+    stats.save(tmp_path / "ref.npz")
+    records = tmp_path / "records"
+    rc = main(["evaluate", "--generator", "tiny-unet3d-class", "--tiny", "--seeds", "0-1", "--frames", "16",
+               "--metric", "fvd2048_16f", *TINY, "--ref-stats", str(tmp_path / "ref.npz"), "--records", str(records),
+               "--non-strict", "--allow-singular"])
+    assert rc == 0
+    row = load_records(records).iloc[0]
+    assert (row["generator"], row["seeds"], row["num_frames"], row["n"]) == ("tiny-unet3d-class", "0-1", 16, 2)
+    assert row["value"] > 0 and row["conditioning"] == "class"

@@ -197,7 +197,7 @@ def test_end_to_end_with_tiny_random_i3d():
     m.update_real(videos(3, 0, t=9))
     m.update(videos(3, 1, t=10, shift=40))
     out = m.compute()
-    assert np.isfinite(out.value) and out.value > 0 and out.extra["n_fake"] == 3
+    assert np.isfinite(out.value) and out.value > 1e-3 and out.extra["n_fake"] == 3  # features vary
     refuses = FVD(p, extractor=m.extractor, reference=m.real_accum)  # allow_singular=False
     refuses.fake = m.fake
     with pytest.raises(InsufficientSamplesError, match="singular"):
