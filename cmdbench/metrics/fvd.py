@@ -217,6 +217,15 @@ class FVD:
         """Add real videos uint8 ``(B, T, 3, H, W)`` (their first protocol clip) to statistics kept here."""
         self.update_clips(clip_of(videos, self.protocol), real=True)
 
+    def all_reduce(self, group: Any = None) -> None:
+        """Sum the generated (and locally accumulated real) statistics over ``torch.distributed`` ranks.
+
+        Call once on every rank before :meth:`compute`; each rank then holds the statistics of all clips.
+        """
+        self.fake.all_reduce(group)
+        if self.real_accum is not None:
+            self.real_accum.all_reduce(group)
+
     def _real(self) -> FeatureStats:
         if self.reference is not None and self.real_accum is not None:
             raise ValueError("both reference statistics and update_real() clips were given; use one")
