@@ -325,9 +325,7 @@ class TextToVideoLatentGenerator:
 
 
 def place(module: torch.nn.Module, device: str, dtype: torch.dtype) -> torch.nn.Module:
-    """Move a built or loaded module to ``device``/``dtype`` (modules built on meta stay there)."""
-    if device == "meta":
-        return module
+    """Move a built or loaded module to ``device``/``dtype`` (meta modules change only their dtype)."""
     module = module.to(device=device)
     if next(module.parameters()).dtype != dtype:
         module = module.to(dtype=dtype)
