@@ -25,6 +25,25 @@ with one message listing all of them. ``--tiny`` runs every step on synthetic mo
 writes itself, with tiny generators, a tiny pooled-feature extractor (``tiny-pool-4``: 4-d features,
 so FVD is defined with a handful of clips) and a random tiny CLIP: the CI path. Its numbers mean
 nothing and are labelled ``tiny``.
+
+Real runs (inputs, commands, expected time)
+-------------------------------------------
+::
+
+    cmdbench weights fetch i3d_torchscript && cmdbench weights fetch clip_vit_b32
+    export CMDBENCH_UCF101_ROOT=/data/UCF101      # UCF-101/<Class>/*.avi + ucfTrainTestlist/
+    export CMDBENCH_WEBVID_ROOT=/data/webvid       # results_2M_val.csv + <page_dir>/<videoid>.mp4
+    export CMDBENCH_MSRVTT_ROOT=/data/msrvtt       # test_videodatainfo.json or MSRVTT_data.json
+    export CMDBENCH_CMD_CHECKPOINT=... CMDBENCH_CMD_T2V_CHECKPOINT=... CMDBENCH_CMD_WEBVID_CHECKPOINT=...
+    cmdbench ref-stats --dataset ucf101 --root $CMDBENCH_UCF101_ROOT --metric fvd2048_16f --order hashed
+    torchrun --nproc_per_node=8 -m cmdbench reproduce ucf101      # or: nox -s reproduce -- ucf101
+
+Estimates (assumptions: I3D at ~300 clips/s per H100 in fp32 and clip decoding at ~200 clips/s with 8
+workers; CMD sampling with CFG at ~0.5 s per 64x64 UCF video, ~1 s per 512x512 and ~2 s per
+512x1024 video on one H100, i.e. the paper's 3.1 s on an A100 scaled by ~1.5; sampling dominates and
+shards linearly): ``ucf101`` ~1.8 h + 3 h (zero-shot) on one GPU, ~40 min on eight; ``msrvtt``
+(2,990 captions) ~1.7 h / ~13 min; ``webvid`` (5,000 x 4 scales) ~11 h / ~1.4 h; ``ablations``
+~2 min either way. Real statistics take about a minute and are cached.
 """
 
 from __future__ import annotations
@@ -71,7 +90,8 @@ def build_parser(table: str) -> argparse.ArgumentParser:
                    help="run every step on generated synthetic data with tiny models (CI; numbers meaningless)")
     p.add_argument("--records", default="results/records", help="records directory")
     p.add_argument("--tables", default="results/tables", help="tables directory")
-    p.add_argument("--work-dir", default=None, help="checkpoints and synthetic data (default results/work/<table>)")
+    p.add_argument("--work-dir", default=None,
+                   help="chunk checkpoints (resume) and synthetic data (default $CMDBENCH_CACHE/work/<table>)")
     p.add_argument("--cache-dir", default=None, help="reference statistics cache (default $CMDBENCH_CACHE/ref_stats)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--dtype", default="float16" if _cuda() else "float32", choices=("float32", "float16", "bfloat16"))
@@ -247,8 +267,13 @@ class Run:
             self._generators[key] = GENERATORS.get(name)(spec)
         return self._generators[key]
 
-    def fvd(self, metric: str, *, num_frames: int, num_real: int | None = None, num_fake: int | None = None):
-        """An FVD metric for protocol-named ``metric``; in ``--tiny`` the tiny-pool protocol."""
+    def fvd(self, metric: str, *, num_frames: int, num_real: int | None = None, num_fake: int | None = None,
+            real_order: str | None = None):
+        """An FVD metric for protocol-named ``metric``; in ``--tiny`` the tiny-pool protocol.
+
+        ``real_order="hashed"`` takes a seeded subset of the real videos instead of the first ones listed
+        (UCF-101's split files are sorted by class: the first 2,048 would cover about 20 classes).
+        """
         from cmdbench.bench.tiny_judges import TinyPoolExtractor, tiny_protocol
         from cmdbench.metrics.fvd import FVD, get_protocol
 
@@ -261,7 +286,8 @@ class Run:
             return FVD(protocol, extractor=ex, bootstrap_rounds=self.args.bootstrap and max(2, min(self.args.bootstrap, 20)),
                        strict=self.args.limit is None, allow_singular=True)
         protocol = get_protocol(self.args.fvd_preset, metric)
-        changes = {k: v for k, v in (("num_real", num_real), ("num_fake", num_fake)) if v is not None}
+        changes = {k: v for k, v in (("num_real", num_real), ("num_fake", num_fake), ("real_order", real_order))
+                   if v is not None}
         if changes:
             protocol = replace(protocol, **changes)
         return FVD(protocol, extractor_path=self.args.i3d_weights, device=self._device(),
@@ -500,7 +526,8 @@ def table1(run: Run) -> None:
             if part not in parts:
                 continue
             n_fake = TINY_COUNT + 2 if args.tiny and part == "cond10k" else None
-            fvd = run.fvd(metric, num_frames=d.num_frames, num_real=0 if part == "cond10k" else None, num_fake=n_fake)
+            fvd = run.fvd(metric, num_frames=d.num_frames, num_real=0 if part == "cond10k" else None, num_fake=n_fake,
+                          real_order="hashed")
             real = run.real_statistics("ucf101", root, fvd, (d.height, d.width))
             n = fvd.protocol.num_fake
             labels = class_label_plan(n, gen.num_classes, args.seed_offset)
@@ -606,7 +633,7 @@ def table4(run: Run) -> None:
     if ae.config.in_channels != 3:
         raise ValueError(f"{gen.name}'s autoencoder works in a latent space; Table 4a uses the pixel UCF-101 model")
     root = synthetic_inputs(run, frames, (h, w))["ucf101"] if args.tiny else args.ucf101_root
-    fvd = run.fvd("fvd2048_16f", num_frames=frames)
+    fvd = run.fvd("fvd2048_16f", num_frames=frames, real_order="hashed")
     real = run.real_statistics("ucf101", root, fvd, (h, w))
     ds = open_real_dataset("ucf101", root, fvd.protocol, size=(h, w), policy=args.on_bad_input)
     dev = next(ae.parameters()).device
@@ -647,7 +674,7 @@ def reproduce(table: str, argv: Sequence[str]) -> int:
             + "\nOr run `cmdbench reproduce " + table + " --tiny` for the synthetic CPU check."
         )
     shard = init_distributed_from_env()
-    work_dir = Path(args.work_dir or Path("results/work") / (table + ("-tiny" if args.tiny else "")))
+    work_dir = Path(args.work_dir) if args.work_dir else _default_work_dir(table, args.tiny)
     run_id = new_run_id(f"repro-{table}{'-tiny' if args.tiny else ''}")
     run = Run(table, args, shard, work_dir, _broadcast(run_id))
     if args.tiny:
@@ -660,6 +687,13 @@ def reproduce(table: str, argv: Sequence[str]) -> int:
         print(markdown_table(run))
         print(f"records: {records}\ntable: {table_path}")
     return 0
+
+
+def _default_work_dir(table: str, tiny: bool) -> Path:
+    """``$CMDBENCH_CACHE/work/<table>`` (outside the checkout: checkpoints and synthetic data are not results)."""
+    from cmdbench import weights
+
+    return weights.cache_dir() / "work" / (table + ("-tiny" if tiny else ""))
 
 
 def _broadcast(value: str) -> str:
