@@ -74,9 +74,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 # --- metrics --------------------------------------------------------------------------------------------
 def build_metrics(args: argparse.Namespace) -> dict[str, Any]:
-    load_plugins()
+    import cmdbench.metrics.catalog  # noqa: F401  (built-in metrics, without importing every generator)
+
     metrics: dict[str, Any] = {}
     for name in dict.fromkeys(args.metrics):
+        if name not in METRICS:
+            load_plugins()  # third-party metrics; raises with close matches when still unknown
         factory = METRICS.get(name)
         if name.startswith("fvd"):
             options = {"protocol": args.protocol} if args.protocol else {}

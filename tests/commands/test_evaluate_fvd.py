@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 
 import pytest
 import torch
 
 from cmdbench.bench.results import load_records
 from cmdbench.cli import main
+from cmdbench.commands import evaluate, ref_stats
 from cmdbench.metrics.frechet import FeatureStats
 from cmdbench.video import write_mp4
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY = ["--extractor", "i3d-random-tiny", "--protocol", "tats"]
+
+
+def run_cli(argv: list[str]) -> int:
+    """Like ``cmdbench.cli.main`` with only these two subcommands (main imports every subcommand's
+    dependencies, ~20-30 s on a loaded 2-core machine); same error handling: message, exit code 2."""
+    parser = argparse.ArgumentParser(prog="cmdbench")
+    sub = parser.add_subparsers(dest="command")
+    evaluate.add_parser(sub)
+    ref_stats.add_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, PermissionError) as err:
+        print(f"cmdbench {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def make_folder(root, n: int, seed: int, frames: int = 16, shift: int = 0):
@@ -57,7 +75,7 @@ def test_evaluate_refuses_stats_of_another_protocol(tmp_path, capsys):
     stats.update(torch.randn(3, 400).double())
     stats.save(tmp_path / "tats.npz")
     fake = make_folder(tmp_path / "fake", 1, seed=1)
-    rc = main(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", "--extractor", "i3d-random-tiny",
+    rc = run_cli(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", "--extractor", "i3d-random-tiny",
                "--protocol", "videogpt", "--ref-stats", str(tmp_path / "tats.npz"), "--records", str(tmp_path / "r")])
     assert rc == 2
     err = capsys.readouterr().err
@@ -66,7 +84,7 @@ def test_evaluate_refuses_stats_of_another_protocol(tmp_path, capsys):
 
 def test_evaluate_needs_reference(tmp_path, capsys):
     fake = make_folder(tmp_path / "fake", 1, seed=1)
-    rc = main(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", *TINY, "--records", str(tmp_path / "r")])
+    rc = run_cli(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", *TINY, "--records", str(tmp_path / "r")])
     assert rc == 2 and "--ref-stats" in capsys.readouterr().err
 
 
@@ -79,7 +97,7 @@ def test_evaluate_generator_writes_rows(tmp_path):
     stats.update(torch.randn(3, 400, generator=torch.Generator().manual_seed(0)).double() * 0.1)
     stats.save(tmp_path / "ref.npz")
     records = tmp_path / "records"
-    rc = main(["evaluate", "--generator", "tiny-unet3d-class", "--tiny", "--seeds", "0-1", "--frames", "16",
+    rc = run_cli(["evaluate", "--generator", "tiny-unet3d-class", "--tiny", "--seeds", "0-1", "--frames", "16",
                "--metric", "fvd2048_16f", *TINY, "--ref-stats", str(tmp_path / "ref.npz"), "--records", str(records),
                "--non-strict", "--allow-singular"])
     assert rc == 0
