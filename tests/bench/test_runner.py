@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 
 from baselines.tiny_unet3d.generator import TinyUNet3DGenerator
 from cmdbench.bench.results import read_csv
-from cmdbench.bench.runner import RunMismatchError, find_unfinished_run, run_bench
+from cmdbench.bench.runner import RunMismatchError, conditions_for, find_unfinished_run, resolve, run_bench
 from cmdbench.config import BenchConfig, SamplingConfig
 from cmdbench.interfaces import GeneratorSpec, MetricValue
 from cmdbench.registry import GENERATORS, METRICS, UnknownNameError
@@ -107,9 +108,14 @@ def test_rows_meta_and_metric_parity(records_dir):
 
 
 def test_class_generator_uses_seed_modulo_classes(records_dir):
-    df = run_bench(BenchConfig(generator="tiny-unet3d-class", seeds="8-11", tiny=True, sampling=SAMPLING,
-                               trackers=()), records_dir, progress=False)
-    assert df.empty or set(df["conditioning"]) == {"class"}
+    cfg = BenchConfig(generator="tiny-unet3d-class", seeds="8-11", tiny=True, sampling=SAMPLING, trackers=("time",))
+    gen = GENERATORS.get("tiny-unet3d-class")(GeneratorSpec(tiny=True))
+    res = resolve(cfg, gen)
+    assert conditions_for(res, (8, 9, 10, 11), [0, 1, 2, 3]) == {"labels": [8, 9, 0, 1]}
+    res_given = resolve(replace(cfg, labels=(3, 4)), gen)
+    assert conditions_for(res_given, (8, 9, 10, 11), [0, 1, 2]) == {"labels": [3, 4, 3]}
+    df = run_bench(cfg, records_dir, progress=False)
+    assert "sampling_time" in set(df["metric"]) and set(df["conditioning"]) == {"class"}
     with pytest.raises(ValueError, match="class-conditional; prompts"):
         run_bench(BenchConfig(generator="tiny-unet3d-class", tiny=True, prompts=("x",), sampling=SAMPLING),
                   records_dir, progress=False)
