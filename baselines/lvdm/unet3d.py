@@ -14,6 +14,8 @@ Module and parameter names follow the public MIT-licensed LVDM code (YingqingHe/
 ``lvdm/models/modules/openaimodel3d.py`` and ``attention_temporal.py``) so its ``t2v.ckpt`` state dict loads
 after stripping the ``model.diffusion_model.`` prefix; the code itself is written anew.
 
+GroupNorms act on the 5D tensor, so (as in LVDM) their statistics pool over time as well as space.
+
 Shapes: ``x`` is ``(B, C, T, H, W)`` latents; ``context`` ``(B, L, 768)``; timesteps ``(B,)`` or scalar.
 Spatial attention uses ``F.scaled_dot_product_attention``; temporal attention is explicit (its relative
 position terms need the attention weights), on T = 16 tokens it is a negligible share of the cost.

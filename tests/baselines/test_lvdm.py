@@ -124,3 +124,60 @@ def test_missing_checkpoint_is_named(tmp_path):
     (tmp_path / "dir" / "unet").mkdir(parents=True)
     with pytest.raises(MissingWeightsError, match="vae"):
         build(GeneratorSpec(checkpoint=str(tmp_path / "dir")))
+
+
+TEMPORAL_PARTS = ("attn1_tmp", "attn2_tmp", "norm4", "norm5")
+
+
+def sd_layout_state(unet: LVDMUNet3D) -> dict[str, torch.Tensor]:
+    """The spatial trunk's weights under LDM's SD 1.x key names: temporal parts dropped, 1x3x3 -> 3x3."""
+    return {
+        f"model.diffusion_model.{k}": (v[:, :, 0] if v.ndim == 5 else v)
+        for k, v in unet.state_dict().items()
+        if not any(f".{part}." in k for part in TEMPORAL_PARTS)
+    }
+
+
+def test_full_trunk_is_exactly_the_sd15_unet():
+    """diffusers' own LDM->diffusers converter maps the trunk onto SD 1.5's UNet2DConditionModel with
+    every key and shape matching: LVDM = SD 1.x UNet + temporal attention (paper Sec. 3)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from baselines._common.text_video import init_kwargs
+    from baselines.animatediff.generator import SD15_UNET_CONFIG
+
+    with torch.device("meta"):
+        lvdm = LVDMUNet3D()
+        sd15 = UNet2DConditionModel(**init_kwargs(UNet2DConditionModel, SD15_UNET_CONFIG))
+    state = convert_ldm_unet_checkpoint(sd_layout_state(lvdm), dict(sd15.config))
+    sd15.load_state_dict(state, strict=True, assign=True)  # raises on any missing key or shape mismatch
+    assert sum(v.numel() for v in state.values()) / 1e6 == pytest.approx(859.52, abs=0.01)
+
+
+def test_without_temporal_attention_a_static_video_is_sd_per_frame():
+    """Parity with an independent implementation: with the temporal attentions' outputs zeroed, LVDM on a
+    video whose frames are identical equals diffusers' UNet2DConditionModel on that frame. (With distinct
+    frames the two differ by design: LVDM's GroupNorms pool statistics over time as well.)"""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    torch.manual_seed(0)
+    lvdm = LVDMUNet3D(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+                      num_heads=2, context_dim=8, temporal_length=4, norm_num_groups=8).eval()
+    for name, module in lvdm.named_modules():
+        if name.endswith("_tmp.to_out.0"):
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+    sd = UNet2DConditionModel(sample_size=8, block_out_channels=(16, 32), layers_per_block=1,
+                              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=2,
+                              cross_attention_dim=8, norm_num_groups=8).eval()
+    sd.load_state_dict(convert_ldm_unet_checkpoint(sd_layout_state(lvdm), dict(sd.config)), strict=True)
+    frame = torch.randn(2, 4, 8, 8)
+    video = frame[:, :, None].expand(2, 4, 3, 8, 8).contiguous()
+    context = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        ours = lvdm(video, torch.tensor(321), context)  # (2, 4, 3, 8, 8)
+        reference = sd(frame, torch.tensor(321), encoder_hidden_states=context).sample  # (2, 4, 8, 8)
+    torch.testing.assert_close(ours, reference[:, :, None].expand_as(ours), rtol=1e-5, atol=1e-5)
