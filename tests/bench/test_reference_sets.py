@@ -58,3 +58,41 @@ def test_ref_stats_command_for_ucf101(ucf, tmp_path, capsys):
     assert main([*argv[:6], "tats", *argv[7:]]) == 0
     assert "computed: 3 real clips" in capsys.readouterr().out
     assert main(["ref-stats", "--dataset", "ucf101", "--extractor", "i3d-random-tiny"]) == 2  # no --root
+
+
+def _rank(rank, world, port, root, out):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        ex = TinyPoolExtractor(dim=4)
+        fvd = FVD(tiny_protocol(0, 5, 8, ex), extractor=ex)
+        ds = open_real_dataset("ucf101", root, fvd.protocol, size=(16, 16))
+        rs = real_statistics(ds, fvd, num_workers=0, chunk_size=2, batch_size=2)
+        if rank == 0:
+            np.savez(out, n=rs.stats.n, sum=rs.stats.sum, outer=rs.stats.outer, feats=rs.stats.bank.array())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_statistics_of_one(ucf, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(2, port, str(ucf), str(tmp_path / "two.npz")), nprocs=2, join=True)
+    ex = TinyPoolExtractor(dim=4)
+    fvd = FVD(tiny_protocol(0, 5, 8, ex), extractor=ex)
+    one = real_statistics(open_real_dataset("ucf101", ucf, fvd.protocol, size=(16, 16)), fvd, num_workers=0,
+                          chunk_size=2, batch_size=2).stats
+    two = np.load(tmp_path / "two.npz")
+    assert int(two["n"]) == one.n == 6
+    assert np.array_equal(two["sum"], one.sum) and np.array_equal(two["outer"], one.outer)
+    assert np.array_equal(two["feats"], one.bank.array())
