@@ -146,8 +146,11 @@ def build_random(tiny: bool, device: str) -> tuple[LVDMUNet3D, AutoencoderKL, to
     return unet, vae, text
 
 
-def load_lightning_ckpt(path: Path) -> tuple[LVDMUNet3D, AutoencoderKL, torch.nn.Module]:
-    """LVDM's ``t2v.ckpt`` -> the three networks (strict key matching: a mismatch is an error)."""
+def load_lightning_ckpt(path: Path, tiny: bool = False) -> tuple[LVDMUNet3D, AutoencoderKL, torch.nn.Module]:
+    """LVDM's ``t2v.ckpt`` -> the three networks (strict key matching: a mismatch is an error).
+
+    ``tiny``: the file holds the miniature configuration (tests write such files).
+    """
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -160,11 +163,11 @@ def load_lightning_ckpt(path: Path) -> tuple[LVDMUNet3D, AutoencoderKL, torch.nn
             raise MissingWeightsError(f"{NAME}: {path} has no '{prefix}*' weights; expected {WEIGHTS}")
         return sub
 
-    unet = LVDMUNet3D(**UNET_CONFIG)
+    unet = LVDMUNet3D(**(TINY_UNET_CONFIG if tiny else UNET_CONFIG))
     unet.load_state_dict(part("model.diffusion_model."), strict=True)
-    vae = AutoencoderKL(**SD_VAE_CONFIG)
+    vae = AutoencoderKL(**(TINY_VAE_CONFIG if tiny else SD_VAE_CONFIG))
     vae.load_state_dict(convert_ldm_vae_checkpoint(part("first_stage_model."), vae.config), strict=True)
-    text = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    text = CLIPTextModel(CLIPTextConfig(**(TINY_TEXT_CONFIG if tiny else TEXT_CONFIG)))
     text_state = part("cond_stage_model.transformer.")
     text_state.pop("text_model.embeddings.position_ids", None)  # a buffer in older transformers
     text.load_state_dict(text_state, strict=True)
@@ -183,7 +186,7 @@ def build(spec: GeneratorSpec) -> LVDMT2V:
 
         ckpt = Path(spec.checkpoint).expanduser()
         if ckpt.is_file():
-            unet, vae, text = load_lightning_ckpt(ckpt)
+            unet, vae, text = load_lightning_ckpt(ckpt, tiny=spec.tiny)
         elif ckpt.is_dir():
             require_subfolders(NAME, str(ckpt), ["unet", "vae", "text_encoder"], LAYOUT)
             unet = load_component(NAME, LVDMUNet3D, str(ckpt), "unet")

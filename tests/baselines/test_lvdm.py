@@ -181,3 +181,44 @@ def test_without_temporal_attention_a_static_video_is_sd_per_frame():
         ours = lvdm(video, torch.tensor(321), context)  # (2, 4, 3, 8, 8)
         reference = sd(frame, torch.tensor(321), encoder_hidden_states=context).sample  # (2, 4, 8, 8)
     torch.testing.assert_close(ours, reference[:, :, None].expand_as(ours), rtol=1e-5, atol=1e-5)
+
+
+def ldm_vae_state(state: dict[str, torch.Tensor], num_blocks: int) -> dict[str, torch.Tensor]:
+    """diffusers ``AutoencoderKL`` keys -> the original LDM ``first_stage_model`` keys (the inverse of
+    diffusers' ``convert_ldm_vae_checkpoint``; 1x1-conv attention weights as LDM stores them)."""
+    import re
+
+    def up(m: re.Match) -> str:
+        return f"up.{num_blocks - 1 - int(m[1])}.{'block.' + m[2] if m[2] else 'upsample'}"
+
+    out = {}
+    for key, value in state.items():
+        k = re.sub(r"down_blocks\.(\d+)\.resnets\.(\d+)", r"down.\1.block.\2", key)
+        k = re.sub(r"down_blocks\.(\d+)\.downsamplers\.0", r"down.\1.downsample", k)
+        k = re.sub(r"up_blocks\.(\d+)\.(?:resnets\.(\d+)|upsamplers\.0)", up, k)
+        k = re.sub(r"mid_block\.resnets\.(\d+)", lambda m: f"mid.block_{int(m[1]) + 1}", k)
+        k = k.replace("mid_block.attentions.0.", "mid.attn_1.")
+        for new, old in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+            k = k.replace(f"attn_1.{new}.", f"attn_1.{old}.")
+        k = k.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
+        if ".attn_1." in k and k.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]
+        out[k] = value
+    return out
+
+
+@pytest.mark.slow
+def test_lvdm_lightning_checkpoint_loads(tiny, tmp_path, checks):
+    """A file in LVDM's t2v.ckpt layout (``state_dict`` with ``model.diffusion_model.*``,
+    ``first_stage_model.*`` in LDM naming, ``cond_stage_model.transformer.*``) loads into the same networks."""
+    state = {f"model.diffusion_model.{k}": v for k, v in tiny.denoiser.state_dict().items()}
+    num_blocks = len(tiny.vae.config.block_out_channels)
+    state |= {f"first_stage_model.{k}": v for k, v in ldm_vae_state(tiny.vae.state_dict(), num_blocks).items()}
+    state |= {f"cond_stage_model.transformer.{k}": v for k, v in tiny.text_encoder.state_dict().items()}
+    torch.save({"state_dict": state, "global_step": 0}, tmp_path / "t2v.ckpt")
+    loaded = build(GeneratorSpec(checkpoint=str(tmp_path / "t2v.ckpt"), tiny=True))
+    assert torch.equal(checks.sample_at_defaults(tiny, [3]), checks.sample_at_defaults(loaded, [3]))
+    del state["model.diffusion_model.out.2.bias"]
+    torch.save({"state_dict": state}, tmp_path / "broken.ckpt")
+    with pytest.raises(RuntimeError, match="out.2.bias"):
+        build(GeneratorSpec(checkpoint=str(tmp_path / "broken.ckpt"), tiny=True))
