@@ -385,7 +385,10 @@ def make_extractor(
     ``i3d-random``: full-size I3D with seeded random weights (cost, throughput). ``i3d-random-tiny``:
     the same topology with channels divided by 16 (CPU tests). Random extractors' checksums are the
     sha256 of their state dicts, so statistics built with them never mix with real ones.
+    ``i3d`` (``EvalProtocol``'s default) means ``i3d_pretrained_400``.
     """
+    if name == "i3d":
+        name = "i3d_pretrained_400"
     if name == "i3d_pretrained_400":
         p = _weights_path(name, path)
         model = load_i3d_pretrained_400(p)
