@@ -342,9 +342,10 @@ def render(results: Path) -> list[Path]:
         measured_tex.append(_tex(tm, f"Table 9 (measured): {dev}, {dtype}, {h}x{w}x{t}, {steps} steps"))
         sel = _get(rec, device_name=dev, dtype=dtype, num_frames=t, height=h, width=w, steps=steps, batch_size=1)
         ms, lv = (_value(sel, generator=g, metric="sampling_time") for g in ("modelscope-t2v", "lvdm-t2v"))
-        if ms and lv:
-            parts += [f"ModelScope / LVDM sampling time: ours {ms / lv:.2f}, paper {35.1 / 24.2:.2f} (35.1 s / 24.2 s).",
-                      ""]
+        pms, plv = (_paper(paper, "Table 9", m, "sampling_time", steps=50) for m in ("ModelScope", "LVDM"))
+        if ms and lv and pms and plv:
+            parts += [f"ModelScope / LVDM sampling time: ours {ms / lv:.2f}, paper {pms / plv:.2f} "
+                      f"({pms} s / {plv} s).", ""]
     if not groups:
         parts += ["## Table 9: measured sampling", "", "No measured run recorded yet.", ""]
     tex["efficiency_table9_measured.tex"] = "\n".join(measured_tex) or "% no measured run recorded\n"
