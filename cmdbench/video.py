@@ -154,6 +154,8 @@ def read_video(path: str | Path, indices: Sequence[int] | None = None) -> torch.
     try:
         frames = reader.get_batch(idx).asnumpy()  # (T, H, W, 3)
     except Exception:  # decord 0.6.0 fails on some frame widths (e.g. 16, 48): "The size must exactly match"
+        frames = None
+    if frames is None or frames.ndim != 4 or frames.shape[-1] != 3:  # (it also returns 6 channels for 16x16)
         frames = _read_frames_pyav(path, idx)
     return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
 
