@@ -241,7 +241,7 @@ def _bars(ax, labels: list[str], paper_vals: list, ours_vals: list, ylabel: str)
     x = np.arange(len(labels))
     for dx, vals, label in ((-0.2, paper_vals, "paper"), (0.2, ours_vals, "ours (counted)")):
         bars = ax.bar(x + dx, [v if v is not None else 0 for v in vals], 0.4, label=label)
-        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.3g}" for v in vals], fontsize=6)
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.4g}" for v in vals], fontsize=6)
     ax.set_xticks(x)
     ax.set_xticklabels([textwrap.fill(s, 12) for s in labels], fontsize=7)
     ax.set_ylabel(ylabel)
@@ -264,11 +264,12 @@ def figure6(rec: pd.DataFrame, paper: pd.DataFrame, figures: Path) -> list[Path]
 
     t9 = table9_flops(rec, paper).iloc[: len(MAIN)]
     num = lambda s: None if s == DASH else float(s)  # noqa: E731
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, steps in zip(axes, (50, 100), strict=True):
         _bars(ax, list(t9["Method"]), [num(v) for v in t9[f"TMAC {steps} paper"]],
               [num(v) for v in t9[f"TMAC {steps} ours"]], f"TMAC, {steps} DDIM steps")
     fig.suptitle("Fig. 6: sampling cost at 512x1024x16 (CMD convention)", fontsize=9)
+    fig.tight_layout()
     return _save(fig, figures, "efficiency_fig6")
 
 
