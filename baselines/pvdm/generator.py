@@ -195,8 +195,8 @@ def build(spec: GeneratorSpec) -> PVDMUCF101:
         missing = [str(p) for p in (ae_path, unet_path) if not p.is_file()]
         if missing:  # before building the full-size networks
             raise MissingWeightsError(f"{NAME}: weight files {missing} do not exist ('<ae.pth>::<ddpm.pth>')")
-        ae = _load_pth(ae_path, TriplaneAutoencoder(**AE_CONFIG))
-        unet = _load_pth(unet_path, PlaneUNet(**UNET_CONFIG))
+        ae = _load_pth(ae_path, TriplaneAutoencoder(**(TINY_AE_CONFIG if spec.tiny else AE_CONFIG)))
+        unet = _load_pth(unet_path, PlaneUNet(**(TINY_UNET_CONFIG if spec.tiny else UNET_CONFIG)))
     else:
         layout = "autoencoder/ and unet/ written by save_pretrained, or '<autoencoder.pth>::<diffusion.pth>'"
         if not Path(spec.checkpoint).expanduser().is_dir():

@@ -99,3 +99,13 @@ def test_missing_checkpoint_is_named(tmp_path):
         build(GeneratorSpec(checkpoint=str(tmp_path / "ckpt")))
     with pytest.raises(MissingWeightsError, match="do not exist"):
         build(GeneratorSpec(checkpoint=f"{tmp_path}/ae.pth::{tmp_path}/ddpm.pth"))
+
+
+@pytest.mark.slow
+def test_pvdm_state_dict_files_load(tiny, tmp_path, checks):
+    """PVDM's own ``.pth`` state dicts (here of the miniature; ``model.`` prefix as a wrapper writes it)."""
+    torch.save(tiny.autoencoder.state_dict(), tmp_path / "ae.pth")
+    torch.save({"model": {f"diffusion_model.{k}": v for k, v in tiny.unet.state_dict().items()}},
+               tmp_path / "ddpm.pth")
+    loaded = build(GeneratorSpec(checkpoint=f"{tmp_path}/ae.pth::{tmp_path}/ddpm.pth", tiny=True))
+    assert torch.equal(checks.sample_at_defaults(tiny, [3]), checks.sample_at_defaults(loaded, [3]))
