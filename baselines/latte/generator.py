@@ -176,11 +176,11 @@ def build(spec: GeneratorSpec) -> Latte1:
 
         text: Any = make_text_encoder
         # No T5 tokenizer offline: the CLIP BPE ids (folded into T5's vocabulary) drive random weights.
-        bpe = clip_bpe_tokenizer(TEXT_LENGTH, vocab_size=t5_config["vocab_size"])
+        bpe = clip_bpe_tokenizer(TEXT_LENGTH)
 
         def tokenize(prompts):
-            ids = bpe(prompts)["input_ids"]
-            return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+            ids = bpe(prompts)["input_ids"]  # (B, 120), 0 = padding
+            return {"input_ids": ids % t5_config["vocab_size"], "attention_mask": (ids != 0).long()}
     else:
         from transformers import AutoTokenizer
 
