@@ -383,9 +383,14 @@ class Run:
         t0 = time.perf_counter()
         rs = real_statistics(ds, fvd, cache=self.cache(), work_dir=self.work_dir, batch_size=self.args.extract_batch_size,
                              num_workers=self.args.num_workers, chunk_size=self.args.chunk_size, shard=self.shard)
+        from cmdbench.bench.sharded import _gather
+
+        # clips that failed to decode were seen by the rank that read them: collect every rank's list
+        skipped = [s for part in _gather(rs.report.get("skipped", [])) for s in part]
+        unique = list({(s["source"], s["reason"], s["stage"]): s for s in skipped}.values())
         self.reports[f"{dataset_name}:{fvd.protocol.name}:{fvd.protocol.num_real}"] = {
-            **rs.report, "cached": rs.cached, "path": str(rs.path) if rs.path else None,
-            "seconds": round(time.perf_counter() - t0, 3)}
+            **rs.report, "skipped": unique, "num_skipped": len(unique), "cached": rs.cached,
+            "path": str(rs.path) if rs.path else None, "seconds": round(time.perf_counter() - t0, 3)}
         self.log(f"real {dataset_name}: {rs.stats.n} clips ({'cached' if rs.cached else 'computed'}; "
                  f"{ds.report.summary()})")
         return rs.stats

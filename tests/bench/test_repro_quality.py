@@ -97,3 +97,23 @@ def test_msrvtt_webvid_ablations_tiny(tmp_path):
     tables = sorted(p.name for p in (tmp_path / "tab").iterdir())
     assert tables == ["quality_ablations_tiny.md", "quality_msrvtt_tiny.md", "quality_webvid_tiny.md"]
     assert isinstance(pd.read_csv(next((tmp_path / "rec").glob("*.csv"))), pd.DataFrame)
+
+
+@pytest.mark.slow
+def test_bad_input_policy_reaches_the_run_record(tmp_path):
+    _tiny("ucf101", tmp_path, "--parts", "cond2048")
+    ucf = tmp_path / "work" / "synthetic" / "ucf101"
+    bad = ucf / "UCF-101" / "Archery" / "v_Archery_g20_c01.avi"
+    bad.write_bytes(b"")
+    with open(ucf / "ucfTrainTestlist" / "trainlist01.txt", "a") as f:
+        f.write("Archery/v_Archery_g20_c01.avi 3\r\n")
+    with pytest.raises(ValueError, match=r"v_Archery_g20_c01\.avi.*empty"):
+        _tiny("ucf101", tmp_path, "--parts", "cond2048")
+    df = _tiny("ucf101", tmp_path, "--parts", "cond2048", "--on-bad-input", "skip")
+    newest = max((tmp_path / "rec").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    reports = json.loads(newest.read_text())["data_reports"]
+    (report,) = reports.values()
+    assert report["num_skipped"] == 1 and report["skipped"][0]["source"].endswith("v_Archery_g20_c01.avi")
+    assert report["listed"] == 10 and report["usable"] == 9
+    assert (tmp_path / "tab" / "quality_ucf101_tiny.md").read_text().count("Skipped inputs") == 1
+    assert len(df) == 2
