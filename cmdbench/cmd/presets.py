@@ -37,6 +37,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from cmdbench.cmd.autoencoder import CMDAutoencoder
 from cmdbench.cmd.content import (
     build_content_dit,
+    build_content_unet,
     build_text_encoder,
     build_vae,
     sd_unet_config,
@@ -238,11 +239,18 @@ def miniature(preset: CMDPreset) -> CMDPreset:
 # --- Building the pipeline -------------------------------------------------------------------------------
 
 
-def build_pipeline(preset: CMDPreset, device: str = "cpu", dtype: torch.dtype = torch.float32) -> CMDPipeline:
+def build_pipeline(
+    preset: CMDPreset, device: str = "cpu", dtype: torch.dtype = torch.float32, sd_checkpoint: str | None = None
+) -> CMDPipeline:
     """``CMDPipeline`` with random weights for ``preset`` (full size, or a miniature's sizes).
 
     ``device="meta"`` allocates nothing (parameter and FLOP counting); the schedulers are always real.
+    ``sd_checkpoint``: a local Stable Diffusion folder (diffusers layout) of the preset's ``sd_version``;
+    its text encoder, tokenizer, VAE and UNet (the content model's initialisation, Eq. 7) are loaded
+    offline instead of random weights; the CMD autoencoder and motion DiT stay random.
     """
+    if sd_checkpoint is not None and (preset.sd_version is None or preset.content.tiny or preset.tiny_text):
+        raise ValueError(f"{preset.name}: sd_checkpoint only applies to the full-size Stable Diffusion presets")
     ae_spec = preset.autoencoder
     on_meta = torch.device(device).type == "meta"
 
@@ -260,10 +268,10 @@ def build_pipeline(preset: CMDPreset, device: str = "cpu", dtype: torch.dtype = 
     text_dim = None
     version = preset.sd_version or "1.5"
     if preset.conditioning == "text":
-        text_encoder = build_text_encoder(version, device=device, dtype=cast, tiny=preset.tiny_text)
+        text_encoder = build_text_encoder(version, sd_checkpoint, device=device, dtype=cast, tiny=preset.tiny_text)
         text_dim = int(text_encoder.config.hidden_size)
     if preset.latent_mode:
-        vae = build_vae(preset.sd_version, device=device, dtype=cast, tiny=preset.tiny_text)
+        vae = build_vae(preset.sd_version, sd_checkpoint, device=device, dtype=cast, tiny=preset.tiny_text)
 
     content_hw = ae_spec.sample_size
     if preset.content.kind == "unet":
@@ -274,7 +282,10 @@ def build_pipeline(preset: CMDPreset, device: str = "cpu", dtype: torch.dtype = 
             config.update(block_out_channels=[16, 32], norm_num_groups=8, attention_head_dim=8)
             if text_dim is not None:
                 config["cross_attention_dim"] = text_dim
-        content_model = make(lambda: UNet2DConditionModel.from_config(config))
+        if sd_checkpoint is not None:
+            content_model = build_content_unet(version, sd_checkpoint, device=device, dtype=cast)
+        else:
+            content_model = make(lambda: UNet2DConditionModel.from_config(config))
     elif preset.content.kind == "dit":
         if content_hw[0] != content_hw[1]:
             raise ValueError(f"{preset.name}: the pixel content DiT needs square frames, got {content_hw}")
@@ -300,11 +311,21 @@ def build_pipeline(preset: CMDPreset, device: str = "cpu", dtype: torch.dtype = 
         content_scheduler=DDIMScheduler.from_config(SCHEDULES[preset.content_schedule]),
         motion_scheduler=DDIMScheduler.from_config(SCHEDULES[preset.motion_schedule]),
         text_encoder=text_encoder.eval() if text_encoder is not None else None,
-        tokenizer=None,
+        tokenizer=_sd_tokenizer(sd_checkpoint) if sd_checkpoint is not None else None,
         vae=vae.eval() if vae is not None else None,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _sd_tokenizer(sd_checkpoint: str):
+    """The SD folder's ``CLIPTokenizer`` (``tokenizer/``), offline."""
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(sd_checkpoint, subfolder="tokenizer", local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"no tokenizer/ in Stable Diffusion folder {sd_checkpoint!r}: {err}") from err
 
 
 class CheckpointMismatchError(ValueError):

@@ -73,7 +73,9 @@ class TrainConfig:
     random miniature. dataset / data_dir / dataset_options: the dataset registry name (``folder``,
     ``ucf101``, ``webvid``), its root and extra keyword options (used by ``cmdbench train``).
     autoencoder: a trained ``CMDAutoencoder`` folder (or a CMD pipeline folder) for the diffusion stages.
-    init_from: a CMD pipeline folder whose components initialise the run (e.g. SD weights for ``content``).
+    init_from: a CMD pipeline folder whose components initialise the run (e.g. to continue a stage).
+    sd_checkpoint: a local Stable Diffusion folder: its UNet initialises the content model (fine-tuned
+    with no new parameters, Eq. 7), and its text encoder, tokenizer and VAE are used frozen.
     batch_size: per process. learning_rate / adam_betas: ``None`` takes the paper's (``PAPER_OPTIMIZER``).
     checkpoint_every: steps between checkpoints (the last step always checkpoints); ``keep_checkpoints``
     newest ones are kept. precompute_latents: encode the dataset once with the frozen autoencoder and train
@@ -89,6 +91,7 @@ class TrainConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     autoencoder: str | None = None
     init_from: str | None = None
+    sd_checkpoint: str | None = None
     batch_size: int = 1
     max_steps: int = 1000
     learning_rate: float | None = None
@@ -298,7 +301,7 @@ def build_components(cfg: TrainConfig) -> CMDPipeline:
     preset = cfg.resolved_preset()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        pipe = build_pipeline(preset)
+        pipe = build_pipeline(preset, sd_checkpoint=cfg.sd_checkpoint)
     if cfg.init_from is not None:
         from cmdbench.cmd.presets import check_pipeline_matches
 
