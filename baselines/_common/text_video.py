@@ -326,9 +326,17 @@ class TextToVideoLatentGenerator:
 
 def place(module: torch.nn.Module, device: str, dtype: torch.dtype) -> torch.nn.Module:
     """Move a built or loaded module to ``device``/``dtype`` (meta modules change only their dtype)."""
+    from diffusers.utils import logging as diffusers_logging
+
     module = module.to(device=device)
     if next(module.parameters()).dtype != dtype:
-        module = module.to(dtype=dtype)
+        # diffusers warns about "modules to keep in float32" on every cast; these models list none
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            module = module.to(dtype=dtype)
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
     return module
 
 
