@@ -274,6 +274,8 @@ def _sample_batches(config: BenchConfig, gen: Any, res: Resolved, seeds: Sequenc
     if track_time:  # one untimed warm-up call per process (lazy init, allocator, kernels)
         first = batches[pending[0]][:1]
         gen.sample(**conditions_for(res, seeds, first), **settings, generator=make_generators([seeds[first[0]]]))
+    device = torch.device(config.device)
+    cuda = device.type == "cuda"  # CUDA is asynchronous: synchronise around the timed call
     memory = PeakMemory(config.device) if track_memory else None
     baseline = current_rss() if memory is not None and not memory.cuda else 0
     bar = tqdm(total=len(batches), initial=len(batches) - len(pending), desc=f"bench {config.generator}",
@@ -292,12 +294,12 @@ def _sample_batches(config: BenchConfig, gen: Any, res: Resolved, seeds: Sequenc
             gen.stage_hook = recorder
             if memory is not None:
                 memory.checkpoint()  # start this batch's peak interval
-            if memory is not None and memory.cuda:
-                torch.cuda.synchronize(memory.device)
+            if cuda:
+                torch.cuda.synchronize(device)
             t0 = time.perf_counter()
             videos = gen.sample(**cond, **settings, generator=make_generators(batch_seeds))
-            if memory is not None and memory.cuda:
-                torch.cuda.synchronize(memory.device)
+            if cuda:
+                torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - t0
             recorder.finish()
             peak = recorder.peak_overall if memory is not None else None
