@@ -113,7 +113,7 @@ def _print(args: argparse.Namespace, name: str, e: dict[str, Any]) -> None:
     if e["tmacs_paper"] is None:
         print(f"{name}: {e['status']}")
         return
-    line = (f"{name}: {e['params'] / 1e9:.3f} B params ({e['params_denoiser'] / 1e9:.3f} B denoisers), "
+    line = (f"{name}: {e['params'] / 1e9:.3f} B params ({e['params_denoiser'] / 1e9:.3f} B in paper-convention networks), "
             f"{e['tmacs_paper']:.1f} TMAC paper convention, {e['tflops_true']:.1f} TFLOP true")
     if e.get("sampling_time_s") is not None:
         line += f", {e['sampling_time_s']:.2f} s, peak {e['peak_memory_gb']:.2f} GB ({e['memory_label']})"

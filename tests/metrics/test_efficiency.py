@@ -4,7 +4,6 @@ latency bookkeeping, stage split, peak memory and OOM handling."""
 from __future__ import annotations
 
 import os
-import resource
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ from cmdbench.metrics.efficiency import (
     count_flops,
     count_generator_cost,
     count_params,
+    current_rss,
     latency,
     measure_sampling,
     sdpa_macs,
@@ -116,14 +116,16 @@ def test_backward_counts_twice_the_forward_for_linear_and_attention():
 
 
 def test_meta_counting_allocates_no_real_memory():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with torch.device("meta"):
-        big = nn.Sequential(nn.Linear(16384, 16384), nn.Linear(16384, 16384))  # 2 GiB of fp32 weights
-        x = torch.empty(4096, 16384)
-    fc = count_flops(big, (x,))
+    with PeakMemory("cpu") as mem:  # peak RSS of this interval (VmHWM reset), not of the whole process
+        before = current_rss()
+        mem.checkpoint()
+        with torch.device("meta"):
+            big = nn.Sequential(nn.Linear(16384, 16384), nn.Linear(16384, 16384))  # 2 GiB of fp32 weights
+            x = torch.empty(4096, 16384)
+        fc = count_flops(big, (x,))
+        grown_mib = (mem.checkpoint() - before) / 2**20
     assert fc.macs == 2 * 4096 * 16384 * 16384
     assert count_params(big) == 2 * (16384 * 16384 + 16384)
-    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 200, f"meta counting grew the peak RSS by {grown_mib:.0f} MiB"
 
 
