@@ -345,7 +345,9 @@ def run(argv: list[str]) -> int:
         print(f"Measured sampling on {device_name(device)}, {dtype}, {setting.describe()}, "
               f"batch {batch_sizes}, warm-up {timing.warmup}, repeats {timing.min_repeats}")
         for name in main:
-            try:
+            try:  # a setting the architecture refuses is found on the meta build, before any real weights
+                build(name, device="meta").cost_stages(num_frames=setting.num_frames, height=setting.height,
+                                                       width=setting.width, steps=setting.steps)
                 measure_generator(rec, name, setting, batch_sizes=batch_sizes, device=device, dtype=dtype,
                                   timing=timing)
             except UnsupportedSettingError as err:
