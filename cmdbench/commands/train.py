@@ -1,7 +1,8 @@
 """``cmdbench train {autoencoder,content,motion} --config CFG.json``: train one stage of CMD.
 
-One process trains on one device; ``accelerate launch -m cmdbench train ...`` spreads it over GPUs and
-nodes. A run restarted with the same config and ``output_dir`` resumes from its newest checkpoint.
+One process trains on one device; ``accelerate launch -m cmdbench train ...`` (or ``torchrun
+--nproc_per_node N -m cmdbench train ...``; on CPUs add ``ACCELERATE_USE_CPU=1`` for gloo) spreads it
+over GPUs, CPU processes and nodes. A run restarted with the same config and ``output_dir`` resumes from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 from cmdbench.cmd.training import STAGES, TrainConfig, TrainConfigError, describe_steps, train
@@ -68,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_dict(data, args.config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     dataset = build_dataset(cfg)
-    print(f"cmdbench train {cfg.stage}: preset {cfg.preset}{' (tiny)' if cfg.tiny else ''}, "
-          f"{len(dataset)} clips, {describe_steps(cfg, len(dataset))}")
+    main_process = os.environ.get("RANK", "0") == "0"  # set by torchrun / accelerate launch
+    if main_process:
+        print(f"cmdbench train {cfg.stage}: preset {cfg.preset}{' (tiny)' if cfg.tiny else ''}, "
+              f"{len(dataset)} clips, per process {describe_steps(cfg, len(dataset))}")
     final = train(cfg, dataset)
-    print(f"cmdbench train {cfg.stage}: final EMA weights in {final}")
-    print(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k in ("stage", "output_dir")}))
+    if main_process:
+        print(f"cmdbench train {cfg.stage}: final EMA weights in {final}")
+        print(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k in ("stage", "output_dir")}))
     return 0
