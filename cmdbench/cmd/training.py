@@ -466,7 +466,7 @@ def train(
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, project_dir=str(output_dir))
     if accelerator.is_main_process:
         _save_config(cfg, output_dir)
-    set_seed(cfg.seed)
+    set_seed(cfg.seed, device_specific=True)  # seed + rank: each process draws its own noise and timesteps
     preset = cfg.resolved_preset()
     pipe = build_components(cfg).to(accelerator.device)
     trainer = StageTrainer(cfg, pipe, accelerator.device)

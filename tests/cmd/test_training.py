@@ -172,3 +172,29 @@ def test_cli_trains_from_a_folder_of_videos(tmp_path, capsys):
     assert "3 clips" in capsys.readouterr().out
     AcceleratorState._reset_state(reset_partial_state=True)
     assert main(["train", "motion", "--config", str(tmp_path / "missing.json")]) == 2
+
+
+@pytest.mark.slow
+def test_two_process_cpu_training_with_torchrun(tmp_path):
+    """DDP over two CPU processes (gloo): both ranks checkpoint their RNG, the run finishes."""
+    import os
+    import shutil
+    import subprocess
+
+    from cmdbench.data.synthetic import write_folder
+
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not on PATH")
+    write_folder(tmp_path / "videos", 4, num_frames=10, height=20, width=20)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"preset": "cmd-tiny", "dataset": "folder", "data_dir": str(tmp_path / "videos"),
+                               "output_dir": str(tmp_path / "run"), "batch_size": 1, "max_steps": 2,
+                               "checkpoint_every": 2}))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = ["torchrun", "--nproc_per_node", "2", "-m", "cmdbench", "train", "motion", "--config", str(cfg)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    step = tmp_path / "run" / "checkpoints" / "step-00000002"
+    assert (step / "random_states_0.pkl").is_file() and (step / "random_states_1.pkl").is_file()
+    assert (tmp_path / "run" / "final" / "motion_model" / "config.json").is_file()
+    assert proc.stdout.count("final EMA weights") == 1
