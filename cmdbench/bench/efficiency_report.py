@@ -174,10 +174,9 @@ def table8(rec: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
         params = _value(sub, metric=f"train_params/{stage}") if stage else None
         gen = _get(sub, metric=f"train_tmacs_forward/{stage}")["generator"].iloc[-1] if stage else DASH
         p = _paper(paper, "Table 8", name, "tmacs_paper")
-        if stage == "decoder":
-            name = f"{name} (decoder only)"
+        label = f"{name} (decoder only)" if stage == "decoder" else name
         rows.append({
-            "Component": name, "Generator": gen, "TFLOPs paper": _fmt(p, 2),
+            "Component": label, "Generator": gen, "TFLOPs paper": _fmt(p, 2),
             "fwd TMAC ours (paper conv.)": _fmt(fwd, 2) if stage else "not counted", "ratio": _ratio(fwd, p),
             "fwd+bwd TFLOP ours (true)": _fmt(both, 2), "params (M)": _fmt(params * 1e3 if params else None, 1),
             "paper s/step": _fmt(_paper(paper, "Table 8", name, "time_per_step"), 3),
