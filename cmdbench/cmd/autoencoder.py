@@ -18,7 +18,9 @@ Design choices (the paper leaves them open):
   ``num_heads * head_dim`` inner width (8 x 64 = 512 at the paper's C' = 384, Table 5).
 - Pre-/post-layer: a single conv (kernel = stride = patch) per frame, and a transposed conv back (App. B.3).
 - Positions: **fixed** sin-cos embeddings, 2D over (H', W') plus 1D over L, added to the tokens after the
-  pre-layer in both the encoder and the decoder. No parameters, so the count does not depend on size.
+  pre-layer in both the encoder and the decoder. No parameters, so the count does not depend on size, and
+  the model takes any frame size divisible by the patch (the table is computed for the input's grid at
+  integer positions; the native grid's table is the ``pos_embed`` buffer). Clip length L stays fixed.
 - The two motion planes have their own 1x1 convs in the decoder (``embed_motion_x``/``embed_motion_y``).
 - ``motion_tanh=True`` keeps z in (-1, 1) (the release's bottleneck; the paper's text has a plain 1x1 conv).
 - ``output_activation="tanh"`` for pixel mode (frames in [-1, 1]); ``"none"`` for latent mode (SD VAE
@@ -60,6 +62,11 @@ def sincos_embedding_1d(embed_dim: int, length: int) -> torch.Tensor:
     """Fixed 1D sin-cos position embedding, float32 ``(length, embed_dim)``."""
     positions = torch.arange(length, dtype=torch.float64)
     return get_1d_sincos_pos_embed_from_grid(embed_dim, positions, dtype=torch.float64).float()
+
+
+def spacetime_sincos(embed_dim: int, num_frames: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """1D sin-cos over time plus 2D sin-cos over the token grid, float32 ``(L, grid_h * grid_w, embed_dim)``."""
+    return sincos_embedding_1d(embed_dim, num_frames)[:, None] + sincos_embedding_2d(embed_dim, grid_h, grid_w)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -147,7 +154,8 @@ class CMDAutoencoder(ModelMixin, ConfigMixin):
     Args:
         in_channels: frame channels C (3 for RGB pixels, 4 for SD VAE latents).
         num_frames: clip length L the model accepts (16 in the paper).
-        sample_size: frame size (H, W) the model accepts; both divisible by ``patch_size``.
+        sample_size: native frame size (H, W); both divisible by ``patch_size``. Other frame sizes divisible
+            by ``patch_size`` are accepted too (positions recomputed for their grid; same weights).
         patch_size: spatial patch of the pre-layer; H' = H / patch, W' = W / patch.
         hidden_size: token width C'.
         depth: blocks in the encoder backbone and in the decoder backbone (each).
@@ -189,9 +197,10 @@ class CMDAutoencoder(ModelMixin, ConfigMixin):
         self.frame_size = (height, width)
         grid_h, grid_w = height // patch_size, width // patch_size
 
-        # Fixed positions: 2D over the token grid + 1D over time, shape (L, H'*W', C').
-        pos = sincos_embedding_1d(hidden_size, num_frames)[:, None] + sincos_embedding_2d(hidden_size, grid_h, grid_w)
-        self.register_buffer("pos_embed", pos, persistent=False)
+        # Fixed positions: 2D over the token grid + 1D over time, shape (L, H'*W', C'). The native grid's
+        # table is a non-persistent buffer; other grids get the same formula, cached per (grid, device).
+        self.register_buffer("pos_embed", spacetime_sincos(hidden_size, num_frames, grid_h, grid_w), persistent=False)
+        self._pos_cache: dict[tuple[int, int, str], torch.Tensor] = {}
 
         # Encoder: pre-layer, backbone, importance head (Eq. 3), motion head (Eq. 4).
         self.encoder_pre_layer = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
@@ -208,45 +217,80 @@ class CMDAutoencoder(ModelMixin, ConfigMixin):
         self.decoder_post_layer = nn.ConvTranspose2d(hidden_size, in_channels, patch_size, stride=patch_size)
 
     # -- sizes ----------------------------------------------------------------------------------------
+    # ``frame_size`` / ``latent_hw`` / ``motion_shape`` / ``content_shape`` describe the native grid
+    # (``sample_size``). Any frame size divisible by ``patch_size`` is accepted; the ``*_for`` helpers give
+    # the shapes at another size.
     @property
     def latent_hw(self) -> tuple[int, int]:
-        """Token grid (H', W')."""
-        p = self.config.patch_size
-        return self.frame_size[0] // p, self.frame_size[1] // p
+        """Token grid (H', W') at the native frame size."""
+        return self.grid_for(*self.frame_size)
 
     @property
     def motion_shape(self) -> tuple[int, int, int]:
-        """Motion latent shape per sample, (D, L, H' + W')."""
-        h, w = self.latent_hw
-        return self.config.motion_channels, self.config.num_frames, h + w
+        """Motion latent shape per sample at the native size, (D, L, H' + W')."""
+        return self.motion_shape_for(*self.frame_size)
 
     @property
     def content_shape(self) -> tuple[int, int, int]:
-        """Content frame shape per sample, (C, H, W)."""
+        """Content frame shape per sample at the native size, (C, H, W)."""
         return (self.config.in_channels, *self.frame_size)
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (H / patch, W / patch) of frames ``height x width``."""
+        p = self.config.patch_size
+        return height // p, width // p
+
+    def motion_shape_for(self, height: int, width: int) -> tuple[int, int, int]:
+        """Motion latent shape per sample (D, L, H' + W') for frames ``height x width``."""
+        h, w = self.grid_for(height, width)
+        return self.config.motion_channels, self.config.num_frames, h + w
+
+    def _check_frame_size(self, height: int, width: int, what: str, shape: tuple[int, ...]) -> None:
+        p = self.config.patch_size
+        if height < p or width < p or height % p or width % p:
+            raise ValueError(
+                f"CMDAutoencoder: {what} has frame size {height}x{width} (shape {shape}); allowed: height and "
+                f"width positive multiples of patch_size={p} (native {self.frame_size[0]}x{self.frame_size[1]})"
+            )
+
+    def pos_embed_for(self, grid_h: int, grid_w: int, device: torch.device) -> torch.Tensor:
+        """Fixed positions (L, grid_h * grid_w, C') float32 on ``device``; the buffer at the native grid."""
+        if (grid_h, grid_w) == self.latent_hw:
+            return self.pos_embed
+        key = (grid_h, grid_w, str(device))
+        if key not in self._pos_cache:
+            cfg = self.config
+            table = spacetime_sincos(cfg.hidden_size, cfg.num_frames, grid_h, grid_w)
+            self._pos_cache[key] = table.to(device)
+        return self._pos_cache[key]
 
     # -- input checks ----------------------------------------------------------------------------------
     def _check_video(self, video: torch.Tensor) -> None:
         cfg = self.config
-        expected = (cfg.in_channels, cfg.num_frames, *self.frame_size)
-        if video.ndim != 5 or tuple(video.shape[1:]) != expected:
+        shape = tuple(video.shape)
+        if video.ndim != 5 or shape[1:3] != (cfg.in_channels, cfg.num_frames):
             raise ValueError(
-                f"CMDAutoencoder expects a video (B, C, L, H, W) = (B, {', '.join(map(str, expected))}) "
-                f"(channels={cfg.in_channels}, num_frames={cfg.num_frames}, frame size={self.frame_size}, "
-                f"patch {cfg.patch_size}); got shape {tuple(video.shape)}"
+                f"CMDAutoencoder expects a video (B, C, L, H, W) = (B, {cfg.in_channels}, {cfg.num_frames}, H, W) "
+                f"(channels={cfg.in_channels}, num_frames={cfg.num_frames}, H and W multiples of patch "
+                f"{cfg.patch_size}, native {self.frame_size}); got shape {shape}"
             )
+        self._check_frame_size(shape[3], shape[4], "the video", shape)
         if not video.is_floating_point():
             raise TypeError(f"CMDAutoencoder expects a float video, got dtype {video.dtype}")
 
     def _check_latents(self, content: torch.Tensor, motion: torch.Tensor) -> None:
-        if content.ndim != 4 or tuple(content.shape[1:]) != self.content_shape:
+        c = self.config.in_channels
+        if content.ndim != 4 or content.shape[1] != c:
             raise ValueError(
-                f"content frame must be (B, {', '.join(map(str, self.content_shape))}); got {tuple(content.shape)}"
+                f"content frame must be (B, {c}, H, W) (H, W multiples of patch {self.config.patch_size}, "
+                f"native {self.frame_size}); got {tuple(content.shape)}"
             )
-        if motion.ndim != 4 or tuple(motion.shape[1:]) != self.motion_shape:
+        self._check_frame_size(content.shape[2], content.shape[3], "the content frame", tuple(content.shape))
+        expected = self.motion_shape_for(content.shape[2], content.shape[3])
+        if motion.ndim != 4 or tuple(motion.shape[1:]) != expected:
             raise ValueError(
-                f"motion latent must be (B, D, L, H'+W') = (B, {', '.join(map(str, self.motion_shape))}); "
-                f"got {tuple(motion.shape)}"
+                f"motion latent must be (B, D, L, H'+W') = (B, {', '.join(map(str, expected))}) for a "
+                f"{content.shape[2]}x{content.shape[3]} content frame; got {tuple(motion.shape)}"
             )
         if content.shape[0] != motion.shape[0]:
             raise ValueError(f"batch sizes differ: content {content.shape[0]} vs motion {motion.shape[0]}")
@@ -264,12 +308,13 @@ class CMDAutoencoder(ModelMixin, ConfigMixin):
         """(B, C', L, H', W') -> tokens (B, L, H'*W', C') with positions added."""
         b, c, length, h, w = grid.shape
         tokens = grid.permute(0, 2, 3, 4, 1).reshape(b, length, h * w, c)
-        return tokens + self.pos_embed.to(tokens.dtype)
+        return tokens + self.pos_embed_for(h, w, tokens.device).to(tokens.dtype)
 
-    def _from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, L, H'*W', C') -> (B, C', L, H', W')."""
+    @staticmethod
+    def _from_tokens(tokens: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """Tokens (B, L, H'*W', C') -> (B, C', L, H', W') with ``grid_hw = (H', W')``."""
         b, length, _, c = tokens.shape
-        h, w = self.latent_hw
+        h, w = grid_hw
         return tokens.view(b, length, h, w, c).permute(0, 4, 1, 2, 3)
 
     # -- encoder ---------------------------------------------------------------------------------------
@@ -277,7 +322,7 @@ class CMDAutoencoder(ModelMixin, ConfigMixin):
         """Backbone f_phiB: (B, C, L, H, W) -> u (B, C', L, H', W')."""
         self._check_video(video)
         patches = self._per_frame(self.encoder_pre_layer, video)  # (B, C', L, H', W')
-        return self._from_tokens(self.encoder(self._to_tokens(patches)))  # (B, C', L, H', W')
+        return self._from_tokens(self.encoder(self._to_tokens(patches)), patches.shape[-2:])  # (B, C', L, H', W')
 
     def _importance_weights(self, features: torch.Tensor) -> torch.Tensor:
         logits = self._per_frame(self.importance_head, features)  # (B, C, L, H, W)
@@ -304,12 +349,12 @@ class CMDAutoencoder(ModelMixin, ConfigMixin):
     def decode(self, content: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
         """(content (B, C, H, W), motion (B, D, L, H' + W')) -> video (B, C, L, H, W)."""
         self._check_latents(content, motion)
-        h, _ = self.latent_hw
+        h, _ = self.grid_for(content.shape[2], content.shape[3])
         v_t = self.embed_content(content)  # (B, C', H', W')
         v_x = self.embed_motion_x(motion[..., :h])  # (B, C', L, H')
         v_y = self.embed_motion_y(motion[..., h:])  # (B, C', L, W')
         v = v_t[:, :, None] + v_x[..., None] + v_y[..., None, :]  # (B, C', L, H', W'), Eq. 5 broadcast sum
-        features = self._from_tokens(self.decoder(self._to_tokens(v)))  # (B, C', L, H', W')
+        features = self._from_tokens(self.decoder(self._to_tokens(v)), v.shape[-2:])  # (B, C', L, H', W')
         video = self._per_frame(self.decoder_post_layer, features)  # (B, C, L, H, W)
         return torch.tanh(video) if self.config.output_activation == "tanh" else video
 

@@ -100,6 +100,8 @@ class MotionDiT(ModelMixin, ConfigMixin):
         motion_channels: D. num_frames: L. motion_width: W_m = H' + W' of the autoencoder.
         patch_size: motion patch (2). content_channels/content_size/content_patch_size: the content frame
             (C, H, W) and its patch (4 at 64x64 pixels / SD1.5 latents, 8 for 64x128 SD2.1 latents).
+            ``motion_width`` and ``content_size`` are the native grid; forward also takes other W_m / content
+            sizes divisible by their patches (sin-cos positions computed for the input's grid).
         hidden_size/depth/num_heads/mlp_ratio: DiT width (see ``MOTION_DIT_CONFIGS``).
         num_classes: class-conditional with a null label (index ``num_classes``) for guidance.
         text_embed_dim: text-conditional; width E of the text encoder's features (1024 for OpenCLIP-H).
@@ -157,10 +159,12 @@ class MotionDiT(ModelMixin, ConfigMixin):
             height=content_h, width=content_w, patch_size=content_patch_size, in_channels=content_channels,
             embed_dim=hidden_size, pos_embed_type=None,
         )
+        # Fixed positions of the native grids (non-persistent buffers); other grids: same formula, cached.
         self.register_buffer("motion_pos_embed", sincos_embedding_2d(hidden_size, *self.motion_grid), persistent=False)
         self.register_buffer(
             "content_pos_embed", sincos_embedding_2d(hidden_size, *self.content_grid), persistent=False
         )
+        self._pos_cache: dict[tuple[int, int, str], torch.Tensor] = {}
 
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(256, hidden_size)
@@ -275,16 +279,35 @@ class MotionDiT(ModelMixin, ConfigMixin):
             raise ValueError("unconditional MotionDiT (num_classes=None, text_embed_dim=None) takes no condition")
         return None
 
+    def _positions(
+        self, grid: tuple[int, int], native_grid: tuple[int, int], native: torch.Tensor, device: torch.device
+    ) -> torch.Tensor:
+        """2D sin-cos positions (grid_h * grid_w, hidden) float32: the ``native`` buffer at ``native_grid``,
+        else the same formula for ``grid``, cached per (grid, device)."""
+        if grid == native_grid:
+            return native
+        key = (*grid, str(device))
+        if key not in self._pos_cache:
+            self._pos_cache[key] = sincos_embedding_2d(self.config.hidden_size, *grid).to(device)
+        return self._pos_cache[key]
+
     def _check_inputs(self, sample: torch.Tensor, content: torch.Tensor) -> None:
-        if sample.ndim != 4 or tuple(sample.shape[1:]) != self.sample_shape:
+        cfg = self.config
+        d, length, _ = self.sample_shape
+        p, pc = cfg.patch_size, cfg.content_patch_size
+        if (sample.ndim != 4 or tuple(sample.shape[1:3]) != (d, length) or sample.shape[3] < p
+                or sample.shape[3] % p):
             raise ValueError(
-                f"MotionDiT sample must be the motion latent (B, D, L, W_m) = "
-                f"(B, {', '.join(map(str, self.sample_shape))}); got {tuple(sample.shape)}"
+                f"MotionDiT sample must be the motion latent (B, D, L, W_m) = (B, {d}, {length}, W_m) with W_m a "
+                f"positive multiple of patch_size={p} (native W_m={cfg.motion_width}); got {tuple(sample.shape)}"
             )
-        if content.ndim != 4 or tuple(content.shape[1:]) != self.content_shape:
+        c = cfg.content_channels
+        if (content.ndim != 4 or content.shape[1] != c or min(content.shape[2:]) < pc
+                or content.shape[2] % pc or content.shape[3] % pc):
             raise ValueError(
-                f"MotionDiT content must be the content frame (B, {', '.join(map(str, self.content_shape))}) "
-                f"(patch {self.config.content_patch_size}); got {tuple(content.shape)}"
+                f"MotionDiT content must be the content frame (B, {c}, Hc, Wc) with Hc, Wc positive multiples of "
+                f"content_patch_size={pc} (native {self.content_hw[0]}x{self.content_hw[1]}); "
+                f"got {tuple(content.shape)}"
             )
         if content.shape[0] != sample.shape[0]:
             raise ValueError(f"batch sizes differ: sample {sample.shape[0]} vs content {content.shape[0]}")
@@ -327,23 +350,30 @@ class MotionDiT(ModelMixin, ConfigMixin):
         if y_emb is not None:
             cond = cond + y_emb.to(cond.dtype)
 
-        motion_tokens = self.motion_embed(sample.to(dtype)) + self.motion_pos_embed.to(dtype)  # (B, Nm, C)
-        content_tokens = self.content_embed(content.to(dtype)) + self.content_pos_embed.to(dtype)  # (B, Nc, C)
+        p, pc = self.config.patch_size, self.config.content_patch_size
+        motion_grid = (sample.shape[2] // p, sample.shape[3] // p)
+        content_grid = (content.shape[2] // pc, content.shape[3] // pc)
+        motion_pos = self._positions(motion_grid, self.motion_grid, self.motion_pos_embed, sample.device)
+        content_pos = self._positions(content_grid, self.content_grid, self.content_pos_embed, sample.device)
+        motion_tokens = self.motion_embed(sample.to(dtype)) + motion_pos.to(dtype)  # (B, Nm, C)
+        content_tokens = self.content_embed(content.to(dtype)) + content_pos.to(dtype)  # (B, Nc, C)
         x = torch.cat([motion_tokens, content_tokens], dim=1)  # (B, Nm + Nc, C)
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = self._gradient_checkpointing_func(block, x, cond)
             else:
                 x = block(x, cond)
-        out = self.final_layer(x[:, : self.num_motion_tokens], cond)  # (B, Nm, p*p*out)
-        out = self._unpatchify(out)  # (B, out, L, W_m)
+        out = self.final_layer(x[:, : motion_tokens.shape[1]], cond)  # (B, Nm, p*p*out)
+        out = self._unpatchify(out, motion_grid)  # (B, out, L, W_m)
         return Transformer2DModelOutput(sample=out) if return_dict else out
 
-    def _unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, gh*gw, p*p*out) -> (B, out, gh*p, gw*p), inverse of the conv patchify's token order."""
+    def _unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, gh*gw, p*p*out) -> (B, out, gh*p, gw*p), inverse of the conv patchify's token order.
+
+        ``grid``: the token grid (gh, gw) (default: the native motion grid)."""
         b = tokens.shape[0]
         p = self.config.patch_size
-        gh, gw = self.motion_grid
+        gh, gw = self.motion_grid if grid is None else grid
         x = tokens.view(b, gh, gw, p, p, self.out_channels)  # (B, gh, gw, p, p, out)
         return x.permute(0, 5, 1, 3, 2, 4).reshape(b, self.out_channels, gh * p, gw * p)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -164,21 +165,55 @@ class CMDPipeline(DiffusionPipeline):
         f = self.vae_scale_factor
         return int(h) * f, int(w) * f
 
+    @property
+    def size_multiple(self) -> int:
+        """Output height and width must be multiples of this (pixels).
+
+        VAE factor (1 in pixel space) x lcm(autoencoder patch x motion-DiT patch (so that H' + W' splits
+        into motion patches), motion-DiT content patch, content model's own factor (UNet: 2 per
+        down-sampling; DiT: its patch)). 64 for ``cmd-webvid-512x1024`` and ``cmd-sd15-512``, 4 for
+        ``cmd-ucf101-64``.
+        """
+        mm = self.motion_model.config
+        cm = self.content_model
+        if isinstance(cm, UNet2DConditionModel):
+            content_factor = 2 ** (len(cm.config.block_out_channels) - 1)
+        else:
+            content_factor = int(cm.config.patch_size)
+        ae_patch = int(self.autoencoder.config.patch_size)
+        grid = math.lcm(ae_patch * int(mm.patch_size), int(mm.content_patch_size), content_factor)
+        return self.vae_scale_factor * grid
+
+    @property
+    def square_only(self) -> bool:
+        """A DiT content model (diffusers' ``DiTTransformer2DModel``) un-patchifies square frames only."""
+        return not isinstance(self.content_model, UNet2DConditionModel)
+
+    def allowed_setting(self) -> str:
+        """The allowed (num_frames, height, width), in words."""
+        m = self.size_multiple
+        nh, nw = self.native_size
+        shape = "height = width, " if self.square_only else ""
+        return (f"num_frames={self.native_num_frames} (fixed clip length); {shape}height and width positive "
+                f"multiples of {m} (native {nh}x{nw})")
+
     def check_setting(self, num_frames: int, height: int, width: int) -> None:
-        """Raise :class:`UnsupportedSettingError` naming the allowed setting (CMD is fixed-length, and its
-        autoencoder and motion DiT are built for one grid)."""
+        """Raise :class:`UnsupportedSettingError` naming the allowed setting: the clip length is fixed (the
+        autoencoder's ``num_frames``); frame sizes are any multiple of :attr:`size_multiple` (the sin-cos
+        positions of the autoencoder and motion DiT are computed for the resulting grid)."""
         allowed_l = self.native_num_frames
-        allowed_h, allowed_w = self.native_size
         if num_frames != allowed_l:
             raise UnsupportedSettingError(
-                f"CMD generates fixed-length clips: num_frames={num_frames} is not allowed; this model "
-                f"takes num_frames={allowed_l} (its autoencoder's num_frames)"
+                f"CMD generates fixed-length clips: num_frames={num_frames} is not allowed; allowed: "
+                f"{self.allowed_setting()}"
             )
-        if (height, width) != (allowed_h, allowed_w):
+        m = self.size_multiple
+        if height < m or width < m or height % m or width % m or (self.square_only and height != width):
             raise UnsupportedSettingError(
-                f"height x width = {height}x{width} is not allowed; this model takes {allowed_h}x{allowed_w} "
-                f"(autoencoder sample_size {self.autoencoder.config.sample_size}"
-                + (f" x VAE factor {self.vae_scale_factor})" if self.latent_mode else ", pixel space)")
+                f"height x width = {height}x{width} is not allowed; allowed: {self.allowed_setting()} "
+                f"(autoencoder patch {self.autoencoder.config.patch_size}, motion content patch "
+                f"{self.motion_model.config.content_patch_size}"
+                + (f", VAE factor {self.vae_scale_factor})" if self.latent_mode else ", pixel space)")
             )
 
     # --- Text encoding ---------------------------------------------------------------------------------
@@ -275,7 +310,8 @@ class CMDPipeline(DiffusionPipeline):
             prompt / prompt_embeds: text conditions (text mode); ``prompt_embeds`` is ``(B, S, text_dim)``
                 and skips the text encoder (``negative_prompt_embeds`` defaults to the empty prompt's).
             class_labels: ``B`` ints in ``0..num_classes-1`` (class mode).
-            num_frames, height, width: output clip size; default and only allowed value: the native one.
+            num_frames, height, width: output clip size (default: the native one); frames fixed, sizes any
+                multiple of :attr:`size_multiple` (see :meth:`check_setting`).
             content_steps, motion_steps: DDIM steps per stage (paper: 50 and 100).
             guidance_scale: ``w`` (``guidance_form="paper"``) or ``s = 1 + w`` (``"diffusers"``).
             generator: one CPU ``torch.Generator`` per sample (a single one means batch 1).

@@ -19,6 +19,13 @@ Choices the paper leaves open, made here and stated once:
 - The generator's ``steps`` runs both stages for that many steps (how the paper's Table 9 columns read);
   set ``generator.motion_steps`` to run the motion stage differently (e.g. 100 per App. B.4).
 
+Frame sizes: the clip length is fixed (16; the miniatures 8), but the frame size may be any multiple of
+``CMDPipeline.size_multiple`` (VAE factor x lcm(AE patch x motion patch, motion content patch, content
+model factor): 64 for the SD presets, 4 for ``cmd-ucf101-64``, 8 for ``cmd-tiny``; square for the pixel
+DiT content model). The same weights run at any such size: the autoencoder and motion DiT compute their
+fixed sin-cos positions for the input's grid (identical to the native tables at the native size); the
+SD UNet is convolutional. Quality at non-native sizes is untrained territory; cost is what it is for.
+
 ``GeneratorSpec(tiny=True)`` builds a random miniature of the same code path (same space, condition and
 model classes); ``checkpoint=None`` the full architecture with random weights (``device="meta"`` for
 counting); a checkpoint folder (``CMDPipeline.save_pretrained`` layout) loads offline and must match the
@@ -407,12 +414,12 @@ class CMDGenerator:
         self.pipeline.stage_hook = hook
 
     def check_setting(self, num_frames: int, height: int, width: int) -> None:
-        p = self.preset
-        if (num_frames, height, width) != (p.num_frames, p.height, p.width):
-            raise UnsupportedSettingError(
-                f"{self.name} takes only num_frames={p.num_frames}, height x width = {p.height}x{p.width} "
-                f"(fixed-length clips on a fixed autoencoder grid); got num_frames={num_frames}, {height}x{width}"
-            )
+        """:class:`UnsupportedSettingError` unless ``num_frames`` is the preset's and the frame size a multiple
+        of the pipeline's ``size_multiple`` (e.g. 64 for ``cmd-webvid-512x1024``; see ``CMDPipeline``)."""
+        try:
+            self.pipeline.check_setting(num_frames, height, width)
+        except UnsupportedSettingError as err:
+            raise UnsupportedSettingError(f"{self.name}: {err}") from None
 
     def sample(
         self,
@@ -509,8 +516,34 @@ class CMDGenerator:
             ))
         return stages
 
+    def training_cost_stages(self, *, num_frames: int, height: int, width: int) -> list[CostStage]:
+        """The networks one training step runs per clip (Table 8), one forward each (calls=1, no guidance).
+
+        ``autoencoder``: encoder then decoder on a ``(B, C, L, h, w)`` clip (pixels or SD latents; the SD
+        VAE encoder that makes latents is not CMD's and is excluded, as the SD decoder is in Table 9);
+        ``content``: one content-model forward on a content frame; ``motion``: one motion-DiT forward.
+        The text encoder (frozen) is not counted.
+        """
+        stages = {s.name: s for s in self.cost_stages(num_frames=num_frames, height=height, width=width, steps=1)}
+        ae = self.pipeline.autoencoder
+        (c, h, w), _ = self.pipeline.latent_shapes(num_frames, height, width)
+        p = next(ae.parameters())
+        autoencoder = CostStage(
+            "autoencoder", ae,
+            lambda b: {"video": torch.zeros(b, c, num_frames, h, w, device=p.device, dtype=p.dtype)},
+            calls=1, guidance_passes=1, paper_convention=True, forward=_ae_encode_decode,
+        )
+        return [autoencoder] + [
+            replace(stages[name], calls=1, guidance_passes=1, paper_convention=True) for name in ("content", "motion")
+        ]
+
 
 def _ae_decode(module, *, content, motion):
+    return module.decode(content, motion)
+
+
+def _ae_encode_decode(module, *, video):
+    content, motion = module.encode(video)
     return module.decode(content, motion)
 
 

@@ -19,8 +19,10 @@ def _results(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _write(results: Path, values: dict[tuple[str, str, int], float]) -> Recorder:
+def _write(results: Path, values: dict[tuple[str, str, int], float], created: str | None = None) -> Recorder:
     rec = Recorder(results / "records")
+    if created is not None:  # runs within one second would otherwise tie on created_utc
+        rec.created = created
     for (gen, metric, steps), v in values.items():
         rec.add(generator=gen, metric=metric, value=v, unit="TMAC", setting=Setting(16, 512, 1024, steps))
     return rec
@@ -28,7 +30,7 @@ def _write(results: Path, values: dict[tuple[str, str, int], float]) -> Recorder
 
 def test_table9_ratios_and_newest_row_wins(tmp_path):
     results = _results(tmp_path)
-    _write(results, {("modelscope-t2v", "tmacs_paper", 50): 900.0})
+    _write(results, {("modelscope-t2v", "tmacs_paper", 50): 900.0}, created="2026-01-01T00:00:00Z")
     _write(results, {("modelscope-t2v", "tmacs_paper", 50): 939.0 * 1.01, ("cmd-webvid-512x1024", "tmacs_paper", 50): 46.8,
                      ("cmd-webvid-512x1024", "tmacs_paper", 100): 92.1 / 2})
     render(results)
@@ -75,3 +77,26 @@ def test_table8_compares_one_forward_and_rendering_is_deterministic(tmp_path):
     row = t8.set_index("Component").loc["ModelScope diffusion"]
     assert row["ratio"] == "0.900" and row["TFLOPs paper"] == "9.41"
     assert t8.set_index("Component").loc["CMD autoencoder", "fwd TMAC ours (paper conv.)"] == "not counted"
+
+
+def test_table8_cmd_rows_come_from_the_newest_training_generator(tmp_path):
+    """An older run's SD1.5 decoder-only rows do not mix with a newer run's WebVid training stages."""
+    results = _results(tmp_path)
+    s = Setting(16, 512, 512, 1)
+    old = Recorder(results / "records")
+    old.created = "2026-01-01T00:00:00Z"
+    for stage, v in (("decoder", 0.5), ("content", 0.33), ("motion", 0.23)):
+        old.add(generator="cmd-sd15-512", metric=f"train_tmacs_forward/{stage}", value=v, unit="TMAC", setting=s)
+    new = Recorder(results / "records")
+    new.created = "2026-02-01T00:00:00Z"
+    for stage, v in (("autoencoder", 1.0), ("content", 0.34), ("motion", 0.14)):
+        new.add(generator="cmd-webvid-512x1024", metric=f"train_tmacs_forward/{stage}", value=v, unit="TMAC",
+                setting=s)
+    from cmdbench.bench.efficiency_report import load_efficiency_records
+
+    t8 = table8(load_efficiency_records(results / "records"),
+                read_csv(results / "paper" / "cmd_arxiv_v1.csv")).set_index("Component")
+    cmd_rows = t8.loc[["CMD autoencoder", "CMD content-frame diffusion", "CMD motion diffusion"]]
+    assert list(cmd_rows["Generator"]) == ["cmd-webvid-512x1024"] * 3
+    assert list(cmd_rows["fwd TMAC ours (paper conv.)"]) == ["1.00", "0.34", "0.14"]
+    assert "CMD autoencoder (decoder only)" not in t8.index

@@ -215,7 +215,7 @@ def test_autoencoder_overfits_two_moving_square_videos(one_thread):
     ("shape", "match"),
     [
         ((1, 3, 7, 16, 16), "num_frames=8"),  # wrong length
-        ((1, 3, 8, 16, 12), r"frame size=\(16, 16\)"),  # wrong resolution
+        ((1, 3, 8, 16, 11), r"multiples of patch_size=2 \(native 16x16\)"),  # not a multiple of the patch
         ((1, 4, 8, 16, 16), "channels=3"),  # wrong channels
         ((3, 8, 16, 16), r"\(B, C, L, H, W\)"),  # no batch axis
     ],
@@ -243,7 +243,50 @@ def test_decode_rejects_wrong_latent_shapes():
     content, motion = torch.zeros(1, 3, 16, 16), torch.zeros(1, 4, 8, 16)
     with pytest.raises(ValueError, match=r"motion latent must be .* \(B, 4, 8, 16\)"):
         model.decode(content, motion[..., :12])
-    with pytest.raises(ValueError, match="content frame must be"):
-        model.decode(content[..., :8], motion)
+    with pytest.raises(ValueError, match="content frame has frame size 16x7"):
+        model.decode(content[..., :7], motion)
+    with pytest.raises(ValueError, match=r"motion latent must be .* \(B, 4, 8, 12\) for a 16x8 content frame"):
+        model.decode(content[..., :8], motion)  # a valid smaller frame, but the motion latent of 16x16
     with pytest.raises(ValueError, match="batch sizes differ"):
         model.decode(content.expand(2, -1, -1, -1), motion)
+
+
+# -- frame sizes other than the native one -------------------------------------------------------------------
+
+
+def reference_sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """MAE/DiT 1D sin-cos table written out independently: [sin(p * w_k), cos(p * w_k)], w_k = 10000^(-k/(dim/2))."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+    angles = positions.double()[:, None] * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def reference_spacetime_table(dim: int, frames: int, gh: int, gw: int) -> torch.Tensor:
+    """(L, gh*gw, dim): time table + [row table | column table], row-major over (h, w)."""
+    hh, ww = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    space = torch.cat([reference_sincos_1d(dim // 2, hh.reshape(-1)), reference_sincos_1d(dim // 2, ww.reshape(-1))], 1)
+    return (reference_sincos_1d(dim, torch.arange(frames))[:, None] + space[None]).float()
+
+
+def test_native_position_table_matches_an_independent_formula_and_is_not_saved():
+    model = tiny_autoencoder()
+    torch.testing.assert_close(model.pos_embed, reference_spacetime_table(32, 8, 8, 8), rtol=0, atol=1e-6)
+    assert model.pos_embed_for(8, 8, model.pos_embed.device) is model.pos_embed  # native grid: the buffer
+    assert not [k for k in model.state_dict() if "pos_embed" in k]
+    other = model.pos_embed_for(4, 6, torch.device("cpu"))
+    torch.testing.assert_close(other, reference_spacetime_table(32, 8, 4, 6), rtol=0, atol=1e-6)
+    assert model.pos_embed_for(4, 6, torch.device("cpu")) is other  # cached per grid
+
+
+@pytest.mark.parametrize("size", [(8, 12), (24, 16)])
+def test_other_frame_size_equals_a_model_built_for_that_size(size):
+    """The same weights at a non-native frame size give exactly what a model built natively for it gives."""
+    model = tiny_autoencoder()
+    built = CMDAutoencoder(**{**TINY, "sample_size": size}).eval()
+    built.load_state_dict(model.state_dict())
+    video = torch.rand(2, 3, 8, *size) * 2 - 1
+    with torch.no_grad():
+        content, motion = model.encode(video)
+        torch.testing.assert_close(model(video), built(video), rtol=0, atol=0)
+    assert content.shape == (2, 3, *size)
+    assert motion.shape == (2, 4, 8, size[0] // 2 + size[1] // 2)

@@ -242,10 +242,12 @@ def test_bad_inputs_are_rejected():
     model = tiny_dit(num_classes=10)
     z, t, content = tiny_inputs()
     labels = torch.tensor([1, 2])
-    with pytest.raises(ValueError, match=r"\(B, 4, 8, 16\)"):
-        model(z[..., :12], t, content, class_labels=labels)
-    with pytest.raises(ValueError, match=r"content frame \(B, 3, 16, 16\)"):
-        model(z, t, content[..., :8], class_labels=labels)
+    with pytest.raises(ValueError, match=r"\(B, 4, 8, W_m\) with W_m a positive multiple of patch_size=2"):
+        model(z[..., :11], t, content, class_labels=labels)
+    with pytest.raises(ValueError, match=r"content frame \(B, 3, Hc, Wc\) .* content_patch_size=4 \(native 16x16\)"):
+        model(z, t, content[..., :6], class_labels=labels)
+    with pytest.raises(ValueError, match=r"\(B, 4, 8, W_m\)"):
+        model(z[:, :, :6], t, content, class_labels=labels)  # the clip length is fixed
     with pytest.raises(ValueError, match="needs class_labels"):
         model(z, t, content)
     with pytest.raises(ValueError, match=r"\[0, 10\]"):
@@ -263,3 +265,39 @@ def test_bad_inputs_are_rejected():
         MotionDiT(**{**TINY, "content_patch_size": 3})
     with pytest.raises(ValueError, match="divisible by patch_size"):
         MotionDiT(**{**TINY, "motion_width": 15})
+
+
+# -- grids other than the native one ---------------------------------------------------------------------------
+
+
+def reference_sincos_2d(dim: int, gh: int, gw: int) -> torch.Tensor:
+    """MAE/DiT 2D sin-cos table written out independently: [rows | columns], each [sin | cos], row-major."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    hh, ww = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    parts = []
+    for pos in (hh.reshape(-1), ww.reshape(-1)):
+        angles = pos.double()[:, None] * omega[None]
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).float()
+
+
+def test_native_position_tables_match_an_independent_formula_and_are_not_saved():
+    model = tiny_dit()
+    torch.testing.assert_close(model.motion_pos_embed, reference_sincos_2d(32, 4, 8), rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.content_pos_embed, reference_sincos_2d(32, 4, 4), rtol=0, atol=1e-6)
+    assert not [k for k in model.state_dict() if "pos_embed" in k]
+
+
+def test_other_grid_equals_a_model_built_for_that_grid():
+    """Same weights, motion width 12 and a 8x16 content frame: exactly the output of a model built for them."""
+    model = tiny_dit()
+    built = MotionDiT(**{**TINY, "motion_width": 12, "content_size": (8, 16)}).eval()
+    built.load_state_dict(model.state_dict())
+    z, t, content = torch.randn(2, 4, 8, 12), torch.tensor([5, 900]), torch.randn(2, 3, 8, 16)
+    with torch.no_grad():
+        out = model(z, t, content)
+        torch.testing.assert_close(out, built(z, t, content), rtol=0, atol=0)
+    assert out.shape == z.shape
+    assert model._positions((4, 6), model.motion_grid, model.motion_pos_embed, z.device) is model._pos_cache[
+        (4, 6, "cpu")]
+    torch.testing.assert_close(model._pos_cache[(4, 6, "cpu")], reference_sincos_2d(32, 4, 6), rtol=0, atol=1e-6)

@@ -85,7 +85,7 @@ def test_tiny_generators_follow_the_protocol():
     video = gen.sample(prompts=["Fire"], num_frames=d.num_frames, height=d.height, width=d.width, steps=2,
                        generator=make_generators([0]))
     assert video.dtype == torch.uint8 and video.shape == (1, d.num_frames, 3, d.height, d.width)
-    with pytest.raises(UnsupportedSettingError, match="num_frames=8, height x width = 16x16"):
+    with pytest.raises(UnsupportedSettingError, match=r"num_frames=8 \(fixed clip length\)"):
         gen.sample(prompts=["Fire"], num_frames=16, height=16, width=16, steps=2, generator=make_generators([0]))
     with pytest.raises(ConditioningError, match="prompts"):
         gen.sample(num_frames=8, height=16, width=16, steps=2, generator=make_generators([0]))
@@ -107,3 +107,52 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
         GENERATORS.get("cmd-webvid-512x1024")(GeneratorSpec(checkpoint=str(tmp_path / "tiny")))
     with pytest.raises(FileNotFoundError, match="could not load CMD checkpoint"):
         GENERATORS.get("cmd-tiny")(GeneratorSpec(checkpoint=str(tmp_path / "nowhere")))
+
+
+# -- reduced frame sizes and training cost ---------------------------------------------------------------------
+
+
+def test_size_multiples_and_reduced_size_cost_stages_on_meta(meta):
+    assert {n: g.pipeline.size_multiple for n, g in meta.items()} == {
+        "cmd-ucf101-64": 4, "cmd-webvid-512x1024": 64, "cmd-sd15-512": 64}
+    gen = meta["cmd-webvid-512x1024"]
+    stages = {s.name: s for s in gen.cost_stages(num_frames=16, height=64, width=128, steps=1)}
+    motion = stages["motion"].module(**stages["motion"].make_inputs(1))
+    decoded = stages["decoder"].forward(stages["decoder"].module, **stages["decoder"].make_inputs(1))
+    assert motion.shape == (1, 8, 16, 4 + 8)  # latent 8x16 -> AE grid 4x8 -> W_m = 12
+    assert decoded.shape == (1, 4, 16, 8, 16)
+    for bad, match in (((16, 96, 128), "multiples of 64 \\(native 512x1024\\)"),
+                       ((8, 64, 64), "num_frames=16 \\(fixed clip length\\)")):
+        with pytest.raises(UnsupportedSettingError, match=match):
+            gen.check_setting(*bad)
+    with pytest.raises(UnsupportedSettingError, match="height = width"):
+        meta["cmd-ucf101-64"].check_setting(16, 32, 64)  # the pixel DiT content model is square only
+
+
+def test_tiny_preset_samples_at_a_non_native_size():
+    gen = GENERATORS.get("cmd-tiny")(GeneratorSpec(tiny=True))
+    assert (gen.defaults.height, gen.defaults.width) == (16, 16)
+    kwargs = dict(num_frames=8, height=8, width=24, steps=2)
+    pair = gen.sample(prompts=["Fire", "Sky"], generator=make_generators([0, 1]), **kwargs)
+    again = gen.sample(prompts=["Sky"], generator=make_generators([1]), **kwargs)
+    assert pair.dtype == torch.uint8 and pair.shape == (2, 8, 3, 8, 24)
+    assert (pair[1:].int() - again.int()).abs().max() <= 1  # batch-size invariant, deterministic per seed
+    assert pair.float().std() > 0
+    with pytest.raises(UnsupportedSettingError, match="multiples of 8 \\(native 16x16\\)"):
+        gen.sample(prompts=["Fire"], generator=make_generators([0]), num_frames=8, height=12, width=16, steps=2)
+
+
+def test_training_cost_stages_on_meta(meta):
+    gen = meta["cmd-webvid-512x1024"]
+    stages = gen.training_cost_stages(num_frames=16, height=512, width=512)
+    assert [s.name for s in stages] == ["autoencoder", "content", "motion"]
+    assert all(s.calls == 1 and s.guidance_passes == 1 and s.paper_convention for s in stages)
+    outs = {s.name: (s.forward(s.module, **s.make_inputs(1)) if s.forward else s.module(**s.make_inputs(1)))
+            for s in stages}
+    assert outs["autoencoder"].shape == (1, 4, 16, 64, 64)  # encoder then decoder on the latent clip
+    assert outs["content"].sample.shape == (1, 4, 64, 64)
+    assert outs["motion"].shape == (1, 8, 16, 64)
+    motion_inputs = stages[2].make_inputs(1)
+    mm = stages[2].module
+    tokens = (16 // 2) * (64 // 2) + (motion_inputs["content"].shape[2] // mm.config.content_patch_size) ** 2
+    assert tokens == 320  # 256 motion + 64 content tokens: the paper's Table 8 motion cost
