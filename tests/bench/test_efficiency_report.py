@@ -100,3 +100,24 @@ def test_table8_cmd_rows_come_from_the_newest_training_generator(tmp_path):
     assert list(cmd_rows["Generator"]) == ["cmd-webvid-512x1024"] * 3
     assert list(cmd_rows["fwd TMAC ours (paper conv.)"]) == ["1.00", "0.34", "0.14"]
     assert "CMD autoencoder (decoder only)" not in t8.index
+
+
+def test_measured_table_a_newer_time_replaces_an_older_unsupported_flag(tmp_path):
+    results = _results(tmp_path)
+    s = Setting(16, 64, 64, 1)
+    old = Recorder(results / "records")
+    old.created = "2026-01-01T00:00:00Z"
+    old.add(generator="cmd-webvid-512x1024", metric="unsupported", value=1.0, unit="flag", setting=s, device="cpu")
+    old.add(generator="modelscope-t2v", metric="sampling_time", value=50.0, unit="s", setting=s, device="cpu")
+    new = Recorder(results / "records")
+    new.created = "2026-02-01T00:00:00Z"
+    new.add(generator="cmd-webvid-512x1024", metric="sampling_time", value=4.0, unit="s", setting=s, device="cpu")
+    new.add(generator="modelscope-t2v", metric="sampling_time", value=60.0, unit="s", setting=s, device="cpu")
+    from cmdbench.bench.efficiency_report import load_efficiency_records, measured_groups
+
+    recs = load_efficiency_records(results / "records")
+    (group,) = measured_groups(recs)
+    t = table9_measured(recs, read_csv(results / "paper" / "cmd_arxiv_v1.csv"), group).set_index("Method")
+    assert t.loc["CMD", "time B=1 (s, excl. SD dec.)"] == "4.00"
+    assert t.loc["ModelScope", "time B=1 (s, excl. SD dec.)"] == "60.00"
+    assert t.loc["ModelScope", "time / CMD time (ours)"] == "15.00"
