@@ -225,3 +225,21 @@ def test_sqrt_methods_agree_on_singular_covariance(d):
     assert values == pytest.approx([values[0]] * 3, rel=1e-6)
     with pytest.raises(np.linalg.LinAlgError):
         np.linalg.cholesky(s1)  # (the fallback really is exercised)
+
+
+@pytest.mark.parametrize(("d", "cond"), [(16, 1e1), (64, 1e8)])
+def test_svd_method_equals_tfgan_svd_form(d, cond):
+    # the "svd" method (evaluated with eigh) against TF-GAN's literal SVD form: U diag(√s) Vᵀ of Σ₁, then the
+    # singular values of √Σ₁ Σ₂ √Σ₁
+    rng = np.random.default_rng(100 + d)
+    s1, s2 = random_spd(rng, d, cond), random_spd(rng, d, cond)
+    u, s, vt = np.linalg.svd(s1)
+    sqrt1 = (u * np.sqrt(s)) @ vt
+    inner = sqrt1 @ s2 @ sqrt1
+    tfgan = np.sqrt(np.linalg.svd((inner + inner.T) / 2, compute_uv=False)).sum()
+    assert trace_sqrt_product(s1, s2, "svd") == pytest.approx(tfgan, rel=1e-9)
+
+
+def test_svd_method_refuses_indefinite_matrix():
+    with pytest.raises(FrechetNumericsError, match="not positive semi-definite"):
+        frechet_distance(np.zeros(4), -np.eye(4), np.zeros(4), np.eye(4), method="svd")
