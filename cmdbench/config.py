@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,10 @@ class BenchConfig:
     generator: registry name; checkpoint: ``None`` (random weights) or path/hub id;
     seeds: seed range string, one video per seed; prompts: text prompts cycled over seeds in order
     (``None`` uses the generator's built-in evaluation prompts); labels likewise for classes;
-    metrics: metric registry names computed on the generated videos; trackers: cost trackers
-    (``"time"``, ``"memory"``); dataset: name recorded in rows (e.g. the reference set).
+    metrics: metric registry names computed on the generated videos; metric_options: keyword options of
+    those metrics' factories, given as a mapping ``{"fvd2048_16f": {"ref_stats": "real.npz", "strict": false}}``
+    (JSON scalars as values) and stored canonically as sorted pairs (hashable, part of the run key);
+    trackers: cost trackers (``"time"``, ``"memory"``); dataset: name recorded in rows (e.g. the reference set).
     """
 
     generator: str
@@ -109,6 +112,7 @@ class BenchConfig:
     prompts: tuple[str, ...] | None = None
     labels: tuple[int, ...] | None = None
     metrics: tuple[str, ...] = ()
+    metric_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     trackers: tuple[str, ...] = ("time", "memory")
     dataset: str = ""
     save_videos: bool = False
@@ -121,6 +125,11 @@ class BenchConfig:
         unknown = set(self.trackers) - {"time", "memory"}
         if unknown:
             raise ValueError(f"unknown trackers {sorted(unknown)}; allowed 'time', 'memory'")
+        object.__setattr__(self, "metric_options", canonical_metric_options(self.metric_options, self.metrics))
+
+    def options_for(self, metric: str) -> dict[str, Any]:
+        """The factory keyword options given for ``metric`` (empty when none)."""
+        return dict(dict(self.metric_options).get(metric, ()))
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> BenchConfig:
@@ -146,6 +155,50 @@ class BenchConfig:
         except json.JSONDecodeError as err:
             raise ValueError(f"bench config {path} is not valid JSON: {err}") from None
         return BenchConfig.from_dict(data)
+
+
+OptionPairs = tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+
+
+def _pairs(value: Any, where: str) -> list[tuple[Any, Any]]:
+    """A mapping or a sequence of (key, value) pairs (the JSON form of stored pairs) -> list of pairs."""
+    if isinstance(value, Mapping):
+        return list(value.items())
+    if isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        return [tuple(p) for p in value]
+    raise ValueError(f"{where}={value!r}; allowed a mapping (or a list of [key, value] pairs)")
+
+
+def canonical_metric_options(options: Any, metrics: tuple[str, ...]) -> OptionPairs:
+    """``{metric: {key: scalar}}`` (or its stored pair form) -> sorted, hashable nested pairs.
+
+    Options of a metric not in ``metrics`` would be silently unused, so they raise; values must be JSON
+    scalars (str, int, float, bool, None) so the config stays hashable and JSON round-trippable.
+    """
+    if options is None:
+        return ()
+    out = []
+    for metric, opts in _pairs(options, "BenchConfig.metric_options"):
+        if metric not in metrics:
+            raise ValueError(
+                f"BenchConfig.metric_options names metric {metric!r}, which is not in metrics {list(metrics)}"
+            )
+        pairs = _pairs(opts, f"BenchConfig.metric_options[{metric!r}]")
+        for key, val in pairs:
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"BenchConfig.metric_options[{metric!r}]: option name {key!r} is not a string")
+            if val is not None and not isinstance(val, (str, int, float, bool)):
+                raise ValueError(
+                    f"BenchConfig.metric_options[{metric!r}][{key!r}]={val!r}; allowed a str, number, bool or null"
+                )
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"BenchConfig.metric_options[{metric!r}] repeats an option: {keys}")
+        out.append((metric, tuple(sorted(pairs))))
+    names = [m for m, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"BenchConfig.metric_options repeats a metric: {names}")
+    return tuple(sorted(out))
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -151,13 +151,39 @@ def _atomic_torch(path: Path, obj: Any) -> None:
 # --- Metrics --------------------------------------------------------------------------------------------
 
 
-def build_metric(name: str, device: str) -> Any:
-    factory = METRICS.get(name)
+def metric_option_names(factory: Callable[..., Any]) -> tuple[str, ...] | None:
+    """Keyword options a metric factory accepts: its declared ``options`` attribute, else its named
+    parameters; ``None`` when it cannot be told (a ``**kwargs`` factory without ``options``)."""
+    declared = getattr(factory, "options", None)
+    if declared is not None:
+        return tuple(declared)
     try:
-        takes_device = "device" in inspect.signature(factory).parameters
+        params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):
-        takes_device = False
-    return factory(device=device) if takes_device else factory()
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params
+                 if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+
+
+def check_metric_options(name: str, options: dict[str, Any]) -> None:
+    """Unknown option keys for metric ``name`` raise, naming what its factory accepts."""
+    accepted = metric_option_names(METRICS.get(name))
+    unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise ValueError(f"metric {name!r} has no option(s) {unknown}; its factory accepts {sorted(accepted)}")
+
+
+def build_metric(name: str, device: str, options: dict[str, Any] | None = None) -> Any:
+    """The metric ``name`` from its factory with ``options`` (and ``device=`` when it takes one)."""
+    options = dict(options or {})
+    check_metric_options(name, options)
+    factory = METRICS.get(name)
+    accepted = metric_option_names(factory)
+    if accepted is not None and "device" in accepted:
+        options.setdefault("device", device)
+    return factory(**options)
 
 
 def _has_state(metric: Any) -> bool:
@@ -189,6 +215,7 @@ def run_bench(
     GENERATORS.get(config.generator)  # unknown name -> close matches, before anything is written
     for name in config.metrics:
         METRICS.get(name)
+        check_metric_options(name, config.options_for(name))
     run_id = run_id or new_run_id("bench")
     writer = RecordWriter(records_dir, run_id)
     progress_dir = writer.directory / f"{run_id}.progress"
@@ -220,7 +247,7 @@ def run_bench(
     done = {i for i in range(len(batches)) if (progress_dir / f"batch-{i:05d}.json").exists()}
     pending = [i for i in range(len(batches)) if i not in done]
 
-    metrics = {name: build_metric(name, config.device) for name in config.metrics}
+    metrics = {name: build_metric(name, config.device, config.options_for(name)) for name in config.metrics}
     _restore_metrics(metrics, sorted(done), batches, seeds, res, progress_dir)
 
     if pending:
@@ -344,8 +371,12 @@ def _rows(config: BenchConfig, meta: dict[str, Any], res: Resolved, seeds: Seque
                                        "seeds", "device_name")}
     comparable.update(tiny=config.tiny, prompts=res.prompts, labels=res.labels)
 
-    def row(metric: str, value: float, protocol: str = "", **kw: Any) -> dict[str, Any]:
-        h = stable_hash({**comparable, "metric": metric, "protocol": protocol})
+    def row(metric: str, value: float, protocol: str = "", options: dict[str, Any] | None = None,
+            **kw: Any) -> dict[str, Any]:
+        identity = {**comparable, "metric": metric, "protocol": protocol}
+        if options:  # a metric's options (e.g. its reference statistics) make its value comparable or not
+            identity["metric_options"] = options
+        h = stable_hash(identity)
         notes = kw.pop("notes", "")
         if config.notes:
             notes = f"{config.notes}; {notes}" if notes else config.notes
@@ -375,8 +406,9 @@ def _rows(config: BenchConfig, meta: dict[str, Any], res: Resolved, seeds: Seque
     for name, metric in metrics.items():
         mv: MetricValue = metric.compute()
         extra = json.dumps(to_jsonable(mv.extra), sort_keys=True, default=str) if mv.extra else ""
-        rows.append(row(name, mv.value, protocol=mv.protocol, std=mv.std, n=mv.n if mv.n is not None else n_videos,
-                        unit=mv.unit, higher_is_better=mv.higher_is_better, notes=extra))
+        rows.append(row(name, mv.value, protocol=mv.protocol, options=config.options_for(name), std=mv.std,
+                        n=mv.n if mv.n is not None else n_videos, unit=mv.unit,
+                        higher_is_better=mv.higher_is_better, notes=extra))
     return rows
 
 

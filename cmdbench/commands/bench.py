@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from cmdbench.commands.sample import add_generation_args
 
@@ -12,8 +13,11 @@ EPILOG = """examples:
   cmdbench bench --generator tiny-unet3d --tiny --seeds 0-7 --batch-size 2 --records results/records
   cmdbench bench --config bench.json --run-id nightly-1       # rerun with the same id to resume
   cmdbench bench --config bench.json --resume                 # resume the newest unfinished run of it
+  cmdbench bench --generator tiny-unet3d --tiny --metric fvd2048_16f \
+      --metric-option fvd2048_16f:ref_stats=real.npz --metric-option fvd2048_16f:strict=false
 config JSON keys: generator, seeds, sampling{num_frames,height,width,steps,guidance_scale,batch_size},
-  checkpoint, tiny, device, dtype, prompts, labels, metrics, trackers, dataset, save_videos, notes
+  checkpoint, tiny, device, dtype, prompts, labels, metrics, metric_options{metric:{key:value}}, trackers,
+  dataset, save_videos, notes
 """
 
 SAMPLING_KEYS = ("num_frames", "height", "width", "steps", "guidance_scale", "batch_size")
@@ -30,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--generator", help="registered generator name")
     add_generation_args(parser)
     parser.add_argument("--metric", action="append", dest="metrics", metavar="NAME", help="metric, repeatable")
+    parser.add_argument("--metric-option", action="append", dest="metric_options", metavar="METRIC:KEY=VALUE",
+                        help="option of a metric's factory, repeatable, e.g. fvd2048_16f:ref_stats=real.npz; "
+                             "VALUE is read as JSON when it parses (true, false, null, numbers), else as text")
     parser.add_argument("--tracker", action="append", dest="trackers", choices=("time", "memory"),
                         help="cost tracker, repeatable (default: time and memory)")
     parser.add_argument("--dataset", help="dataset name recorded in the rows")
@@ -62,9 +69,38 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
+    if args.metric_options:
+        data["metric_options"] = merge_metric_options(data.get("metric_options"), args.metric_options)
     if not data.get("generator"):
         raise ValueError("bench needs a generator: pass --generator NAME or a --config with \"generator\"")
     return BenchConfig.from_dict(data)
+
+
+def parse_metric_option(text: str) -> tuple[str, str, Any]:
+    """``"METRIC:KEY=VALUE"`` -> (metric, key, value); VALUE is JSON when it parses, else the text."""
+    metric, sep, rest = text.partition(":")
+    key, eq, raw = rest.partition("=")
+    if not (sep and eq and metric and key):
+        raise ValueError(f"--metric-option {text!r}; expected METRIC:KEY=VALUE, e.g. fvd2048_16f:ref_stats=real.npz")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if isinstance(value, (list, dict)):
+        value = raw  # only scalars are options; keep the text as given
+    return metric, key, value
+
+
+def merge_metric_options(base: Any, flags: list[str]) -> dict[str, dict[str, Any]]:
+    """The config file's ``metric_options`` (mapping or stored pairs) overridden key by key by the flags."""
+    merged: dict[str, dict[str, Any]] = {}
+    items = base.items() if isinstance(base, dict) else (base or [])
+    for metric, opts in items:
+        merged[metric] = dict(opts.items() if isinstance(opts, dict) else opts)
+    for text in flags:
+        metric, key, value = parse_metric_option(text)
+        merged.setdefault(metric, {})[key] = value
+    return merged
 
 
 def run(args: argparse.Namespace) -> int:
