@@ -29,6 +29,7 @@ TRAINING_COMPONENTS = (  # paper name, stage names that may carry it
     ("CMD motion diffusion", "cmd", ("motion",)),
 )
 PAPER_FILE = Path("paper") / "cmd_arxiv_v1.csv"
+DEFAULT_PAPER = Path(__file__).resolve().parents[2] / "results" / PAPER_FILE
 KEY = ["generator", "metric", "protocol", "num_frames", "height", "width", "steps", "batch_size", "dtype",
        "device_name"]
 DASH = "–"
@@ -334,7 +335,10 @@ Notes
 def render(results: Path) -> list[Path]:
     """Render every efficiency table and figure under ``results``; return the written paths."""
     rec = load_efficiency_records(results / "records")
-    paper = read_csv(results / PAPER_FILE)
+    paper_path = results / PAPER_FILE
+    if not paper_path.exists():  # a results root outside the checkout: use the committed transcription
+        paper_path = DEFAULT_PAPER
+    paper = read_csv(paper_path)
     tables = results / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     t9, ratios, t8, t10 = table9_flops(rec, paper), flops_ratios(rec, paper), table8(rec, paper), table10(rec, paper)

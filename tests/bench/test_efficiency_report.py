@@ -121,3 +121,15 @@ def test_measured_table_a_newer_time_replaces_an_older_unsupported_flag(tmp_path
     assert t.loc["CMD", "time B=1 (s, excl. SD dec.)"] == "4.00"
     assert t.loc["ModelScope", "time B=1 (s, excl. SD dec.)"] == "60.00"
     assert t.loc["ModelScope", "time / CMD time (ours)"] == "15.00"
+
+
+def test_results_root_without_paper_numbers_uses_the_committed_transcription(tmp_path):
+    """`reproduce efficiency --results DIR` outside the checkout still shows the paper's numbers."""
+    _write(tmp_path, {("modelscope-t2v", "tmacs_paper", 50): 939.0})
+    paths = render(tmp_path)
+    assert not (tmp_path / "paper").exists()
+    table = (tmp_path / "tables" / "efficiency.md").read_text()
+    assert tmp_path / "tables" / "efficiency.md" in paths
+    row = next(line for line in table.splitlines() if line.startswith("| ModelScope"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["ModelScope", "modelscope-t2v", "939.0"]  # the paper's number, read from the fallback
