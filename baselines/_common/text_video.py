@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,39 @@ TINY_VAE_CONFIG: dict[str, Any] = {
 }
 
 Tokenize = Callable[[Sequence[str]], dict[str, torch.Tensor]]
+
+
+# CLIP ViT-L/14 text tower (openai/clip-vit-large-patch14 = SD 1.5 text_encoder/config.json): the text
+# encoder of LVDM and AnimateDiff.
+CLIP_L_TEXT_CONFIG: dict[str, Any] = {
+    "hidden_act": "quick_gelu",
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "projection_dim": 768,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 1,
+}
+TINY_CLIP_L_TEXT_CONFIG: dict[str, Any] = {
+    **CLIP_L_TEXT_CONFIG,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+    "projection_dim": 16,
+}
+
+
+@contextmanager
+def seeded_init(device: str, seed: int) -> Iterator[None]:
+    """Build modules on ``device`` with random weights drawn from ``seed``, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        yield
 
 
 def clip_bpe_tokenizer(length: int, vocab_size: int | None = None, pad_id: int = 0) -> Tokenize:

@@ -28,13 +28,16 @@ from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMo
 
 from baselines._common.loading import load_component, require_subfolders
 from baselines._common.text_video import (
+    CLIP_L_TEXT_CONFIG,
     SD_VAE_CONFIG,
+    TINY_CLIP_L_TEXT_CONFIG,
     TINY_VAE_CONFIG,
     TextToVideoLatentGenerator,
     clip_bpe_tokenizer,
     hf_tokenizer,
     init_kwargs,
     place,
+    seeded_init,
 )
 from cmdbench.interfaces import GeneratorSpec, SamplingDefaults, UnsupportedSettingError
 from cmdbench.registry import GENERATORS
@@ -75,19 +78,7 @@ ADAPTER_CONFIG: dict[str, Any] = {
     "motion_num_attention_heads": 8,
     "use_motion_mid_block": True,
 }
-TEXT_CONFIG: dict[str, Any] = {
-    "hidden_act": "quick_gelu",
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_attention_heads": 12,
-    "num_hidden_layers": 12,
-    "projection_dim": 768,
-    "max_position_embeddings": 77,
-    "vocab_size": 49408,
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 1,
-}
+TEXT_CONFIG = CLIP_L_TEXT_CONFIG  # CLIP ViT-L/14 text tower (SD 1.5's)
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -116,14 +107,7 @@ TINY_ADAPTER_CONFIG: dict[str, Any] = {
     "motion_norm_num_groups": 8,
     "motion_num_attention_heads": 2,
 }
-TINY_TEXT_CONFIG: dict[str, Any] = {
-    **TEXT_CONFIG,
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_attention_heads": 2,
-    "num_hidden_layers": 2,
-    "projection_dim": 16,
-}
+TINY_TEXT_CONFIG = TINY_CLIP_L_TEXT_CONFIG
 
 DEFAULTS = SamplingDefaults(num_frames=16, height=512, width=512, steps=50, guidance_scale=7.5)
 TINY_DEFAULTS = SamplingDefaults(num_frames=4, height=32, width=32, steps=2, guidance_scale=7.5)
@@ -168,8 +152,7 @@ def build_random(tiny: bool, device: str) -> tuple[UNetMotionModel, AutoencoderK
     """``UNetMotionModel.from_unet2d`` on the published configs (or miniatures), random weights."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(WEIGHT_SEED)
+    with seeded_init(device, WEIGHT_SEED):
         unet2d = UNet2DConditionModel(**init_kwargs(UNet2DConditionModel, TINY_UNET_CONFIG if tiny else SD15_UNET_CONFIG))
         adapter = MotionAdapter(**(TINY_ADAPTER_CONFIG if tiny else ADAPTER_CONFIG))
         # load_weights=False: only the architecture (copying weights is impossible on meta)

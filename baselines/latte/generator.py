@@ -33,6 +33,7 @@ from baselines._common.text_video import (
     clip_bpe_tokenizer,
     hf_tokenizer,
     place,
+    seeded_init,
 )
 from cmdbench.interfaces import GeneratorSpec, SamplingDefaults, UnsupportedSettingError
 from cmdbench.registry import GENERATORS
@@ -164,14 +165,12 @@ def build(spec: GeneratorSpec) -> Latte1:
     tokenizer = None
     if spec.checkpoint is None:
         t5_config = TINY_T5_CONFIG if spec.tiny else T5_CONFIG
-        with torch.random.fork_rng(devices=[]), torch.device(spec.device):
-            torch.manual_seed(WEIGHT_SEED)
+        with seeded_init(spec.device, WEIGHT_SEED):
             transformer = LatteTransformer3DModel(**(TINY_TRANSFORMER_CONFIG if spec.tiny else TRANSFORMER_CONFIG))
             vae = AutoencoderKL(**(TINY_VAE_CONFIG if spec.tiny else SD_VAE_CONFIG))
 
         def make_text_encoder() -> torch.nn.Module:
-            with torch.random.fork_rng(devices=[]), torch.device(spec.device):
-                torch.manual_seed(WEIGHT_SEED + 1)
+            with seeded_init(spec.device, WEIGHT_SEED + 1):
                 return place(T5EncoderModel(T5Config(**t5_config)), spec.device, dtype)
 
         text: Any = make_text_encoder

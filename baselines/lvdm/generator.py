@@ -24,13 +24,16 @@ from diffusers import AutoencoderKL
 
 from baselines._common.loading import MissingWeightsError, load_component, require_subfolders
 from baselines._common.text_video import (
+    CLIP_L_TEXT_CONFIG,
     END_TOKEN,
     SD_VAE_CONFIG,
+    TINY_CLIP_L_TEXT_CONFIG,
     TINY_VAE_CONFIG,
     TextToVideoLatentGenerator,
     clip_bpe_tokenizer,
     hf_tokenizer,
     place,
+    seeded_init,
 )
 from baselines.lvdm.unet3d import LVDMUNet3D
 from cmdbench.interfaces import GeneratorSpec, SamplingDefaults, UnsupportedSettingError
@@ -57,20 +60,7 @@ UNET_CONFIG: dict[str, Any] = {
     "temporal_length": 16,
     "use_relative_position": True,
 }
-# CLIP ViT-L/14 text tower (openai/clip-vit-large-patch14; = SD 1.5 text_encoder/config.json).
-TEXT_CONFIG: dict[str, Any] = {
-    "hidden_act": "quick_gelu",
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_attention_heads": 12,
-    "num_hidden_layers": 12,
-    "projection_dim": 768,
-    "max_position_embeddings": 77,
-    "vocab_size": 49408,
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 1,
-}
+TEXT_CONFIG = CLIP_L_TEXT_CONFIG  # CLIP ViT-L/14 text tower (SD 1.5's)
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -92,14 +82,7 @@ TINY_UNET_CONFIG: dict[str, Any] = {
     "temporal_length": 4,
     "norm_num_groups": 8,
 }
-TINY_TEXT_CONFIG: dict[str, Any] = {
-    **TEXT_CONFIG,
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_attention_heads": 2,
-    "num_hidden_layers": 2,
-    "projection_dim": 16,
-}
+TINY_TEXT_CONFIG = TINY_CLIP_L_TEXT_CONFIG
 
 DEFAULTS = SamplingDefaults(num_frames=16, height=256, width=256, steps=50, guidance_scale=15.0)
 TINY_DEFAULTS = SamplingDefaults(num_frames=4, height=32, width=32, steps=2, guidance_scale=15.0)
@@ -138,8 +121,7 @@ def build_random(tiny: bool, device: str) -> tuple[LVDMUNet3D, AutoencoderKL, to
     """The published architecture (or its miniature) with random weights drawn from :data:`WEIGHT_SEED`."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(WEIGHT_SEED)
+    with seeded_init(device, WEIGHT_SEED):
         unet = LVDMUNet3D(**(TINY_UNET_CONFIG if tiny else UNET_CONFIG))
         vae = AutoencoderKL(**(TINY_VAE_CONFIG if tiny else SD_VAE_CONFIG))
         text = CLIPTextModel(CLIPTextConfig(**(TINY_TEXT_CONFIG if tiny else TEXT_CONFIG)))

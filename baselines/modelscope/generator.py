@@ -30,6 +30,7 @@ from baselines._common.text_video import (
     hf_tokenizer,
     init_kwargs,
     place,
+    seeded_init,
 )
 from cmdbench.interfaces import GeneratorSpec, SamplingDefaults
 from cmdbench.registry import GENERATORS
@@ -158,8 +159,7 @@ def build_random(tiny: bool, device: str) -> tuple[UNet3DConditionModel, Autoenc
     """The published architecture (or its miniature) with random weights drawn from :data:`WEIGHT_SEED`."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(WEIGHT_SEED)
+    with seeded_init(device, WEIGHT_SEED):
         unet = UNet3DConditionModel(**init_kwargs(UNet3DConditionModel, TINY_UNET_CONFIG if tiny else UNET_CONFIG))
         vae = AutoencoderKL(**(TINY_VAE_CONFIG if tiny else SD_VAE_CONFIG))
         text = CLIPTextModel(CLIPTextConfig(**(TINY_TEXT_CONFIG if tiny else TEXT_CONFIG)))

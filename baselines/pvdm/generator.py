@@ -28,7 +28,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from baselines._common.loading import MissingWeightsError, load_component, require_subfolders
-from baselines._common.text_video import place
+from baselines._common.text_video import place, seeded_init
 from baselines.pvdm.autoencoder import TriplaneAutoencoder
 from baselines.pvdm.plane_unet import PlaneUNet
 from cmdbench.interfaces import (
@@ -186,8 +186,7 @@ def build(spec: GeneratorSpec) -> PVDMUCF101:
     """Random weights (``checkpoint=None``; miniature when ``tiny``) or a real checkpoint."""
     dtype = spec.torch_dtype
     if spec.checkpoint is None:
-        with torch.random.fork_rng(devices=[]), torch.device(spec.device):
-            torch.manual_seed(WEIGHT_SEED)
+        with seeded_init(spec.device, WEIGHT_SEED):
             ae = TriplaneAutoencoder(**(TINY_AE_CONFIG if spec.tiny else AE_CONFIG))
             unet = PlaneUNet(**(TINY_UNET_CONFIG if spec.tiny else UNET_CONFIG))
     elif "::" in spec.checkpoint:
