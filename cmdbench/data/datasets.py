@@ -157,27 +157,41 @@ def find_webvid_csv(root: Path) -> Path:
                        f"{[p.name for p in found]}); {hint}")
 
 
-@DATASETS.register("webvid", description="WebVid-10M CSV (videoid,name,page_dir) + <page_dir>/<videoid>.mp4")
-def webvid(root: str | Path, *, csv_path: str | Path | None = None, video_root: str | Path | None = None,
-           clip: ClipSpec | None = None, policy: str = "strict", limit: int | None = None,
-           probe_workers: int = 8) -> ClipDataset:
-    """WebVid clips with their captions; ``limit``: the first ``limit`` CSV rows (5,000 for the paper)."""
+def webvid_sources(root: str | Path, *, csv_path: str | Path | None = None, video_root: str | Path | None = None,
+                   policy: str = "strict", limit: int | None = None, check_files: bool = True,
+                   report: DataReport | None = None) -> tuple[list[VideoSource], DataReport, list[Path], Path]:
+    """The listed WebVid videos (condition = caption), the report, the index files and the video root.
+
+    ``check_files``: stat every listed file and treat missing ones as bad input now (True, as the
+    evaluation does); False lists without touching the video files (a WebVid-10M index lists 10.7M
+    of them), and a missing file then surfaces when it is read.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"WebVid root {root} is not a directory; pass --webvid-root or CMDBENCH_WEBVID_ROOT")
-    report = DataReport("webvid", check_policy(policy))
+    report = report or DataReport("webvid", check_policy(policy))
     csv_file = Path(csv_path) if csv_path else find_webvid_csv(root)
     rows = read_webvid_csv(csv_file, report, limit=limit)
     vroot = Path(video_root) if video_root else root
     sources = []
     for row in rows:
         path = vroot / row["page_dir"] / f"{row['videoid']}.mp4"
-        if not path.is_file():
+        if check_files and not path.is_file():
             handle_bad(report, path, "listed in the CSV but missing on disk", "index")
             continue
         sources.append(VideoSource(path, row["videoid"], row["name"]))
+    return sources, report, [csv_file], vroot
+
+
+@DATASETS.register("webvid", description="WebVid-10M CSV (videoid,name,page_dir) + <page_dir>/<videoid>.mp4")
+def webvid(root: str | Path, *, csv_path: str | Path | None = None, video_root: str | Path | None = None,
+           clip: ClipSpec | None = None, policy: str = "strict", limit: int | None = None,
+           probe_workers: int = 8) -> ClipDataset:
+    """WebVid clips with their captions; ``limit``: the first ``limit`` CSV rows (5,000 for the paper)."""
+    sources, report, index_files, vroot = webvid_sources(root, csv_path=csv_path, video_root=video_root,
+                                                         policy=policy, limit=limit)
     clip = clip or ClipSpec(size=(256, 512))
-    return ClipDataset("webvid", vroot, sources, clip, report, index_files=[csv_file], probe_workers=probe_workers)
+    return ClipDataset("webvid", vroot, sources, clip, report, index_files=index_files, probe_workers=probe_workers)
 
 
 # --- MSR-VTT (captions only) --------------------------------------------------------------------------
@@ -277,14 +291,10 @@ def read_captions_csv(path: Path, report: DataReport) -> dict[str, str]:
     return out
 
 
-@DATASETS.register("folder", description="a directory of mp4/avi/webm/gif files or frame directories (+ captions.csv)")
-def folder(root: str | Path, *, captions: str | Path | None = None, clip: ClipSpec | None = None,
-           policy: str = "strict", probe_workers: int = 4) -> ClipDataset:
-    """Clips of every video under ``root``; ids are relative paths without extension.
-
-    ``captions``: a ``filename,caption`` CSV (default ``<root>/captions.csv`` when present); with one,
-    every video needs a caption row (``filename`` relative to ``root``) and every row a video.
-    """
+def folder_sources(root: str | Path, *, captions: str | Path | None = None, policy: str = "strict",
+                   report: DataReport | None = None) -> tuple[list[VideoSource], DataReport, list[Path]]:
+    """Every video under ``root`` as :class:`VideoSource` (ids: relative paths without extension), the
+    report and the index files (the captions CSV when there is one). See :func:`folder`."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"video folder {root} is not a directory")
@@ -292,7 +302,7 @@ def folder(root: str | Path, *, captions: str | Path | None = None, clip: ClipSp
         next(os.scandir(root), None)
     except OSError as err:
         raise DatasetError(f"video folder {root} cannot be listed: {err.strerror or err}") from None
-    report = DataReport("folder", check_policy(policy))
+    report = report or DataReport("folder", check_policy(policy))
     paths = _walk(root, report)
     cap_file = Path(captions) if captions else (root / CAPTIONS_CSV if (root / CAPTIONS_CSV).is_file() else None)
     caption_of = read_captions_csv(cap_file, report) if cap_file else None
@@ -317,6 +327,18 @@ def folder(root: str | Path, *, captions: str | Path | None = None, clip: ClipSp
             p.relative_to(root).as_posix() for p in paths}
         for name in sorted(set(caption_of) - listed):
             handle_bad(report, f"{cap_file}", f"caption row for {name!r} names no video", "index")
+    return sources, report, [cap_file] if cap_file else []
+
+
+@DATASETS.register("folder", description="a directory of mp4/avi/webm/gif files or frame directories (+ captions.csv)")
+def folder(root: str | Path, *, captions: str | Path | None = None, clip: ClipSpec | None = None,
+           policy: str = "strict", probe_workers: int = 4) -> ClipDataset:
+    """Clips of every video under ``root``; ids are relative paths without extension.
+
+    ``captions``: a ``filename,caption`` CSV (default ``<root>/captions.csv`` when present); with one,
+    every video needs a caption row (``filename`` relative to ``root``) and every row a video.
+    """
+    sources, report, index_files = folder_sources(root, captions=captions, policy=policy)
     clip = clip or ClipSpec(size=None)
-    index_files = [cap_file] if cap_file else []
-    return ClipDataset("folder", root, sources, clip, report, index_files=index_files, probe_workers=probe_workers)
+    return ClipDataset("folder", Path(root), sources, clip, report, index_files=index_files,
+                       probe_workers=probe_workers)

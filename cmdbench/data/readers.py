@@ -10,8 +10,10 @@ raises :class:`UnreadableVideoError` naming the source and the reason, never a l
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +99,65 @@ def read_frames(path: Path, indices: Sequence[int]) -> torch.Tensor:
         _check_file(path)
         return _read_gif(path, indices)
     return _read_frame_dir(path, indices)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What opening a source tells for free: its frame count and frame rate (frames per second;
+    ``None`` when the source has none: frame directories, GIFs without frame durations)."""
+
+    num_frames: int
+    fps: float | None
+
+
+def read_chosen_frames(
+    path: Path, choose: Callable[[SourceInfo], Sequence[int]], *, num_threads: int = 1
+) -> tuple[torch.Tensor, SourceInfo]:
+    """Open a source once, let ``choose(info)`` pick frame indices from its length and fps, decode them.
+
+    Returns uint8 ``(len(indices), 3, H, W)`` RGB and the :class:`SourceInfo`. ``choose`` may raise
+    :class:`UnreadableVideoError` (e.g. a source too short for the wanted window). ``num_threads``:
+    decoder threads for video files (1 inside DataLoader workers, which already use every core).
+    """
+    path = Path(path)
+    kind = source_kind(path)
+    if kind == "frames":
+        files = frame_files(path)
+        info = SourceInfo(len(files), None)
+        return _read_frame_dir(path, _chosen(path, choose, info)), info
+    _check_file(path)
+    if kind == "gif":
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                duration_ms = im.info.get("duration") or 0
+                info = SourceInfo(int(getattr(im, "n_frames", 1)), 1000.0 / duration_ms if duration_ms > 0 else None)
+        except Exception as err:  # PIL raises many types for bad files
+            raise UnreadableVideoError(f"cannot open GIF {path}: {err}") from None
+        return _read_gif(path, _chosen(path, choose, info)), info
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
+        fps = float(reader.get_avg_fps())
+        info = SourceInfo(len(reader), fps if math.isfinite(fps) and fps > 0 else None)
+    except Exception as err:  # decord raises RuntimeError / DECORDError / AssertionError
+        raise UnreadableVideoError(f"cannot open video file {path}: {_first_line(err)}") from None
+    indices = _chosen(path, choose, info)
+    try:
+        frames = reader.get_batch(indices).asnumpy()  # (T, H, W, 3)
+    except Exception:  # decord fails on some frame widths and on damaged streams; PyAV decides
+        frames = None
+    if frames is None or frames.ndim != 4 or frames.shape[-1] != 3:
+        return read_frames(path, indices), info  # PyAV fallback inside read_video
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(), info
+
+
+def _chosen(path: Path, choose: Callable[[SourceInfo], Sequence[int]], info: SourceInfo) -> list[int]:
+    indices = [int(i) for i in choose(info)]
+    _check_indices(path, indices, info.num_frames)
+    return indices
 
 
 def _check_file(path: Path) -> None:
