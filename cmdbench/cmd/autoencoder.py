@@ -325,11 +325,12 @@ class CMDAutoencoder(ModelMixin, ConfigMixin):
         return self._from_tokens(self.encoder(self._to_tokens(patches)), patches.shape[-2:])  # (B, C', L, H', W')
 
     def _importance_weights(self, features: torch.Tensor) -> torch.Tensor:
+        """Softmax over time of the importance logits, float32 (B, C, L, H, W) whatever the compute dtype."""
         logits = self._per_frame(self.importance_head, features)  # (B, C, L, H, W)
-        return logits.float().softmax(dim=2).to(features.dtype)  # softmax over time
+        return logits.float().softmax(dim=2)
 
     def content_weights(self, video: torch.Tensor) -> torch.Tensor:
-        """Softmax-over-time weights sigma(f_phiI(u)), (B, C, L, H, W); they sum to 1 over L."""
+        """Softmax-over-time weights sigma(f_phiI(u)), float32 (B, C, L, H, W); they sum to 1 over L."""
         return self._importance_weights(self._encoder_features(video))
 
     def _motion(self, features: torch.Tensor) -> torch.Tensor:
@@ -339,11 +340,17 @@ class CMDAutoencoder(ModelMixin, ConfigMixin):
         return torch.tanh(motion) if self.config.motion_tanh else motion
 
     def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Video (B, C, L, H, W) -> (content frame (B, C, H, W), motion latent (B, D, L, H' + W'))."""
+        """Video (B, C, L, H, W) -> (content frame (B, C, H, W), motion latent (B, D, L, H' + W')).
+
+        The importance weights and the weighted sum over time (Eq. 3) are computed in float32 even under
+        fp16/bf16 autocast or with half-precision weights (weights rounded to 8 bits no longer sum to 1,
+        which shifts every content pixel); the content frame is returned in the video's dtype (float32
+        for a float32 video under autocast). The motion latent comes out in the compute dtype.
+        """
         features = self._encoder_features(video)  # (B, C', L, H', W')
-        weights = self._importance_weights(features)  # (B, C, L, H, W)
-        content = (weights * video).sum(dim=2)  # (B, C, H, W)
-        return content, self._motion(features)
+        weights = self._importance_weights(features)  # (B, C, L, H, W) float32
+        content = (weights * video.float()).sum(dim=2)  # (B, C, H, W) float32 (elementwise ops: autocast keeps fp32)
+        return content.to(video.dtype), self._motion(features)
 
     # -- decoder ---------------------------------------------------------------------------------------
     def decode(self, content: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,42 @@ def test_static_video_content_frame_is_that_frame():
     torch.testing.assert_close(content, frame, atol=1e-5, rtol=1e-5)
 
 
+def test_weighted_sum_is_float32_under_bf16_autocast():
+    """Eq. 3 under bf16 autocast: the content frame equals a float64 softmax-weighted sum of the frames built
+    from the importance logits the network produced, and a static video still gives back its frame. Rounding
+    the weights to bf16 before the sum (8-bit mantissa, weights no longer summing to 1) misses both by ~1e-3."""
+    model = tiny_autoencoder(seed=5)
+    torch.manual_seed(1)
+    frame = torch.rand(2, 3, 16, 16) * 2 - 1
+    video = torch.randn(2, 3, 8, 16, 16)
+    logits = []
+    hook = model.importance_head.register_forward_hook(lambda _m, _i, out: logits.append(out.detach()))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            content, motion = model.encode(video)
+            static = model.encode(frame[:, :, None].expand(-1, -1, 8, -1, -1).contiguous())[0]
+    finally:
+        hook.remove()
+    assert logits[0].dtype == torch.bfloat16  # the network really ran in bf16
+    assert content.dtype == torch.float32 and static.dtype == torch.float32  # the video's dtype
+    # float64 reference from the bf16 logits: (B*L, C, H, W) -> (B, C, L, H, W), softmax over time.
+    weights = logits[0].double().view(2, 8, 3, 16, 16).transpose(1, 2).softmax(dim=2)
+    reference = (weights * video.double()).sum(dim=2)
+    torch.testing.assert_close(content.double(), reference, atol=2e-6, rtol=0)
+    torch.testing.assert_close(static, frame, atol=2e-6, rtol=0)
+
+
+def test_half_precision_video_gives_a_half_content_frame_summed_in_float32():
+    model = tiny_autoencoder(seed=5).to(torch.bfloat16)
+    video = torch.randn(1, 3, 8, 16, 16).to(torch.bfloat16)
+    with torch.no_grad():
+        content, _ = model.encode(video)
+        weights = model.content_weights(video)
+    assert content.dtype == torch.bfloat16 and weights.dtype == torch.float32
+    reference = (weights.double() * video.double()).sum(dim=2)
+    torch.testing.assert_close(content.double(), reference.to(torch.bfloat16).double(), atol=0, rtol=0)
+
+
 # -- shapes --------------------------------------------------------------------------------------------------
 
 
