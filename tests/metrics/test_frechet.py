@@ -15,8 +15,10 @@ from cmdbench.metrics.frechet import (
     FrechetNumericsError,
     InsufficientSamplesError,
     bootstrap_fd,
+    frechet,
     frechet_distance,
     stats_distance,
+    stats_frechet,
     trace_sqrt_product,
 )
 
@@ -243,3 +245,114 @@ def test_svd_method_equals_tfgan_svd_form(d, cond):
 def test_svd_method_refuses_indefinite_matrix():
     with pytest.raises(FrechetNumericsError, match="not positive semi-definite"):
         frechet_distance(np.zeros(4), -np.eye(4), np.zeros(4), np.eye(4), method="svd")
+
+
+# --- rounding: tolerances follow the numerics (issue 11, point 8) ----------------------------------------
+
+
+def near_singular(rng: np.random.Generator, d: int, rank: int, ridge: float) -> np.ndarray:
+    a = rng.standard_normal((d, rank)) * 10
+    return a @ a.T / rank + ridge * np.eye(d)
+
+
+@pytest.mark.parametrize("method", SQRT_METHODS)
+@pytest.mark.parametrize(("d", "rank", "ridge"), [(128, 20, 1e-6), (64, 5, 0.0), (128, 127, 1e-9)])
+def test_identical_near_singular_gaussians_give_exactly_zero(method, d, rank, ridge):
+    # the issue's case (rank 20 + 1e-6 ridge, d = 128) came out as -3e-5..-8e-4 and raised under a fixed
+    # relative tolerance of 1e-9; the derived bound treats it as the rounding noise it is
+    rng = np.random.default_rng(d + rank)
+    sigma, mu = near_singular(rng, d, rank, ridge), rng.standard_normal(d)
+    result = frechet(mu, sigma, mu, sigma.copy(), method)
+    assert result.value == 0.0
+    assert frechet_distance(mu, sigma, mu, sigma, method=method) == 0.0
+    # the same pair with the second covariance rounded differently (one ulp-level perturbation, as a second
+    # pass over the same features gives): never raises, and stays within the bound of 0
+    other = sigma * (1 + np.finfo(float).eps)
+    result = frechet(mu, sigma, mu, other, method)
+    assert 0.0 <= result.value <= result.error_bound
+    assert abs(result.raw) <= result.error_bound
+    assert any(("clamped" if result.raw < 0 else "indistinguishable") in n for n in result.notes)
+
+
+@pytest.mark.parametrize("method", SQRT_METHODS)
+@pytest.mark.parametrize(("d", "n", "rank"), [(128, 300, 20), (400, 300, 400), (64, 40, 64)])
+def test_fd_of_a_feature_set_with_itself_is_zero_with_fewer_samples_than_dims(method, d, n, rank):
+    # N <= D (allow_singular): scipy's sqrtm of the singular product has imaginary parts ~1e-5..1e-4 that a
+    # fixed IMAG_RTOL refused; they are within d·√δ_M and dropped with a note
+    rng = np.random.default_rng(n + rank)
+    x = rng.standard_normal((n, rank)) @ rng.standard_normal((rank, d)) * 3 + 1e-3 * rng.standard_normal((n, d))
+    stats = FeatureStats(d)
+    stats.update(x)
+    assert stats_frechet(stats, stats, ddof=1, method=method, allow_singular=True).value == 0.0
+    # the same features accumulated in another order (another chunking): equal up to rounding, so not
+    # bitwise-identical statistics; the distance is noise within the bound and never raises
+    shuffled = FeatureStats(d)
+    for part in np.array_split(x[rng.permutation(n)], 7):
+        shuffled.update(part)
+    result = stats_frechet(stats, shuffled, ddof=1, method=method, allow_singular=True)
+    assert 0.0 <= result.value <= result.error_bound and abs(result.raw) <= result.error_bound
+
+
+@pytest.mark.parametrize("method", SQRT_METHODS)
+def test_matches_closed_form_oracle_for_non_commuting_covariances(method):
+    # Independent oracle: with Σ₂ = Σ₁^-½ B Σ₁^-½, Σ₁^½ Σ₂ Σ₁^½ = B, so tr(Σ₁Σ₂)^½ = Σ √β for B = P diag(β) Pᵀ.
+    # Σ₁^-½ is formed once from a known eigendecomposition (no code under test is involved).
+    rng = np.random.default_rng(7)
+    d = 48
+    q1, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    lam = np.logspace(0, -2, d)
+    sigma1 = (q1 * lam) @ q1.T
+    inv_sqrt1 = (q1 / np.sqrt(lam)) @ q1.T
+    p, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    beta = rng.uniform(0.1, 4.0, d)
+    sigma2 = inv_sqrt1 @ ((p * beta) @ p.T) @ inv_sqrt1
+    sigma2 = (sigma2 + sigma2.T) / 2
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    expected = np.sum((mu1 - mu2) ** 2) + lam.sum() + np.trace(sigma2) - 2 * np.sqrt(beta).sum()
+    got = frechet(mu1, sigma1, mu2, sigma2, method)
+    assert got.value == pytest.approx(expected, rel=1e-10)
+    assert got.notes == ()  # nothing to clamp or drop on well-conditioned inputs
+    # the bound is tight enough to mean something on well-conditioned inputs: a-posteriori from the
+    # eigenvalues (svd, eig) or a-priori d·√δ_M (scipy, which returns only the root)
+    assert got.error_bound < (1e-6 if method == "scipy" else 1e-9) * expected
+
+
+def test_tolerance_scales_with_the_numerics_not_a_constant():
+    # an eigenvalue of -1e-8·||Σ|| is far beyond float64 rounding for d = 16 (~d·eps·||Σ|| = 4e-15), so it is a
+    # real problem and raises (a fixed 1e-5 relative tolerance let it through) ...
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    ev = np.linspace(1.0, 2.0, 16)
+    ev[0] = -1e-8
+    bad = (q * ev) @ q.T
+    for method in SQRT_METHODS:
+        with pytest.raises(FrechetNumericsError, match=r"eigenvalue of -1e-08.*not\s+positive semi-definite"):
+            frechet(np.zeros(16), bad, np.zeros(16), np.eye(16), method)
+    # ... while a mean difference just above the bound is reported, not swallowed
+    sigma = random_spd(rng, 16)
+    base = frechet(np.zeros(16), sigma, np.zeros(16), sigma, "svd")
+    shift = np.zeros(16)
+    shift[0] = np.sqrt(100 * base.error_bound)
+    assert frechet(shift, sigma, np.zeros(16), sigma, "svd").value == pytest.approx(shift[0] ** 2, rel=1e-3)
+
+
+def test_covariance_rounding_error_widens_the_check_for_cancellation():
+    # features with a large mean: the streaming covariance (Σxxᵀ − nμμᵀ)/(n−1) loses ~eps·|μ|² to
+    # cancellation, which can show up as a negative eigenvalue far below d·eps·||Σ||; FD(x, x) must stay 0
+    rng = np.random.default_rng(11)
+    d, n = 32, 64
+    x = 1e6 + rng.standard_normal((n, 4)) @ rng.standard_normal((4, d))
+    stats = FeatureStats(d)
+    stats.update(x)
+    for method in SQRT_METHODS:
+        assert stats_frechet(stats, stats, method=method, allow_singular=True).value == 0.0
+    assert stats.cov_rounding_error() > d * np.finfo(float).eps * np.linalg.norm(stats.mean_cov(1)[1])
+
+
+def test_nan_and_asymmetric_inputs_still_raise():
+    with pytest.raises(FrechetNumericsError, match="NaN"):
+        frechet(np.zeros(3), np.eye(3), np.full(3, np.nan), np.eye(3))
+    skew = np.eye(3)
+    skew[0, 1] = 0.5
+    with pytest.raises(FrechetNumericsError, match="not symmetric"):
+        frechet(np.zeros(3), skew, np.zeros(3), np.eye(3))
