@@ -116,6 +116,21 @@ def test_read_order_is_deterministic_reshuffled_per_epoch_and_a_partition_across
     assert max(shards_per_rank) <= 4 < 8
 
 
+def test_each_shard_is_read_as_one_block_in_a_fresh_order_per_epoch(tmp_path):
+    write(tmp_path, range(30), per_shard=4)
+    loader = open_latent_loader(tmp_path, batch_size=30, seed=0, rank=0, world_size=1)
+    epochs = [[int(k.split("-")[1]) for k in next(loader).sample_keys] for _ in range(2)]  # stored sample numbers
+    blocks = []
+    for order in epochs:
+        shards = [n // 4 for n in order]
+        runs = [s for j, s in enumerate(shards) if j == 0 or s != shards[j - 1]]
+        assert sorted(runs) == list(range(8))  # every shard once, its samples contiguous (memory O(shard))
+        blocks.append({s: [n for n in order if n // 4 == s] for s in range(8)})
+    assert any(b != sorted(b) for b in blocks[0].values())  # shuffled inside a shard
+    assert any(blocks[0][s] != blocks[1][s] for s in range(7))  # and differently in the next epoch
+    assert [n // 4 for n in epochs[0][::4]] != [n // 4 for n in epochs[1][::4]]  # the shard order too
+
+
 def test_start_step_equals_the_tail_and_skips_whole_shards_unread(tmp_path, monkeypatch):
     write(tmp_path, range(26), per_shard=4)
     full = take(open_latent_loader(tmp_path, batch_size=3, seed=1, rank=1, world_size=2), 12)  # 13/epoch: wraps
