@@ -6,7 +6,8 @@ The content frame x_bar has the shape of one frame, so an image diffusion model 
   parameters** (Eq. 7): SD 2.1-base for 512x1024 (content frame = a 4x64x128 SD latent) and SD 1.5 for the
   512x512 zero-shot UCF-101 setting. Text enters through SD's own cross-attention.
 - class-conditional UCF-101: a pixel-space DiT-XL/2 over 3x64x64 content frames, trained from scratch,
-  built as diffusers ``DiTTransformer2DModel`` (``num_embeds_ada_norm = num_classes``).
+  built as DiT builds it (``content_dit.ContentDiT``: one shared timestep and label embedder, adaLN-Zero,
+  DiT's initialisation; 673.8M parameters at UCF-101's sizes, see its docstring for the relation to 675M).
 
 Every builder loads real weights with ``from_pretrained`` (offline, ``local_files_only=True``) when a
 checkpoint is given, and otherwise builds the published architecture with random weights from the config
@@ -14,16 +15,11 @@ dicts below (``device="meta"`` builds without allocating memory, for parameter a
 ``tiny=True`` builds a random miniature for CPU tests.
 
 Config sources: ``../shared/reference/baselines.md`` §5.1 (SD 1.5), §5.2 (SD 2.1-base), §2.1 (the 23-layer
-OpenCLIP-H text tower shared by SD 2.x and ModelScope), §5.3 (diffusers DiT layout).
+OpenCLIP-H text tower shared by SD 2.x and ModelScope), §5.3 (DiT sizes).
 
-Notes on the diffusers DiT used for the class-conditional content model:
-- Each of its blocks owns a timestep + label embedder (diffusers' layout), so it has more parameters than
-  the original DiT with one shared embedder (XL/2: ~722M here vs ~674M); FLOPs are the same.
-- With ``class_dropout_prob > 0`` (diffusers' default 0.1) each label table has ``num_classes + 1`` rows
-  and **the null label for guidance is ``num_classes``** (101 for UCF-101), as in ``DiTPipeline``.
-- In training mode each block's label embedder would drop labels with its own random draw, so different
-  blocks would see different labels. ``build_content_dit`` therefore sets the per-block dropout to 0
-  (``disable_block_label_dropout``); training drops labels itself by substituting ``num_classes``.
+The content DiT's label table has ``num_classes + 1`` rows; **the null label for guidance is
+``num_classes``** (101 for UCF-101). The model never drops labels itself: training replaces labels by the
+null label at its own rate.
 """
 
 from __future__ import annotations
@@ -32,8 +28,10 @@ import copy
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from cmdbench.cmd.content_dit import ContentDiT
 
 SD_VERSIONS = ("2.1-base", "1.5")
 
@@ -168,13 +166,13 @@ _TINY_VAE = {
     "sample_size": 64,
 }
 
-# DiT sizes in diffusers' parametrisation (hidden = heads * head_dim); Peebles & Xie Table 1.
+# DiT sizes (Peebles & Xie, Table 1): depth, width, heads; "/2" = patch 2. "tiny": CPU-test miniature.
 CONTENT_DIT_SIZES: dict[str, dict[str, int]] = {
-    "S/2": {"num_layers": 12, "num_attention_heads": 6, "attention_head_dim": 64, "patch_size": 2},
-    "B/2": {"num_layers": 12, "num_attention_heads": 12, "attention_head_dim": 64, "patch_size": 2},
-    "L/2": {"num_layers": 24, "num_attention_heads": 16, "attention_head_dim": 64, "patch_size": 2},
-    "XL/2": {"num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 72, "patch_size": 2},
-    "tiny": {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 16, "patch_size": 2},
+    "S/2": {"depth": 12, "hidden_size": 384, "num_heads": 6, "patch_size": 2},
+    "B/2": {"depth": 12, "hidden_size": 768, "num_heads": 12, "patch_size": 2},
+    "L/2": {"depth": 24, "hidden_size": 1024, "num_heads": 16, "patch_size": 2},
+    "XL/2": {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 2},
+    "tiny": {"depth": 2, "hidden_size": 32, "num_heads": 2, "patch_size": 2},
 }
 
 
@@ -360,46 +358,33 @@ def content_dit_config(
     size: str = "XL/2",
     num_classes: int = 101,
     in_channels: int = 3,
-    sample_size: int = 64,
+    sample_size: int | list[int] = 64,
     learn_sigma: bool = False,
 ) -> dict:
-    """``DiTTransformer2DModel`` config of a class-conditional pixel content DiT (3x64x64 for UCF-101)."""
+    """``ContentDiT`` kwargs of a class-conditional pixel content DiT (3x64x64 for UCF-101).
+
+    ``sample_size``: the native frame size, an int (square) or ``[H, W]``."""
     if size not in CONTENT_DIT_SIZES:
         raise ValueError(f"unknown content DiT size {size!r}; allowed: {sorted(CONTENT_DIT_SIZES)}")
     dims = CONTENT_DIT_SIZES[size]
-    if sample_size % dims["patch_size"]:
+    sides = [sample_size] * 2 if isinstance(sample_size, int) else list(sample_size)
+    if any(side % dims["patch_size"] for side in sides):
         raise ValueError(f"sample_size={sample_size} must be divisible by the patch size {dims['patch_size']}")
     return {
         **dims,
         "in_channels": in_channels,
-        "out_channels": in_channels * (2 if learn_sigma else 1),
         "sample_size": sample_size,
-        "attention_bias": True,
-        "activation_fn": "gelu-approximate",
-        "num_embeds_ada_norm": num_classes,
-        "norm_type": "ada_norm_zero",
-        "norm_elementwise_affine": False,
+        "num_classes": num_classes,
+        "learn_sigma": learn_sigma,
     }
 
 
-def disable_block_label_dropout(model: DiTTransformer2DModel) -> DiTTransformer2DModel:
-    """Turn off the per-block random label dropout of a diffusers DiT (keeps the null row).
-
-    Callers drop labels for guidance training by replacing them with ``content_dit_null_label(model)``,
-    so every block sees the same label.
-    """
-    for module in model.modules():
-        if hasattr(module, "token_drop") and hasattr(module, "dropout_prob"):
-            module.dropout_prob = 0.0
-    return model
-
-
-def content_dit_null_label(model: DiTTransformer2DModel) -> int:
-    """The null-class label index used for guidance: ``num_classes`` (the extra embedding row)."""
-    num_classes = model.config.num_embeds_ada_norm
-    table = model.transformer_blocks[0].norm1.emb.class_embedder.embedding_table
-    if table.num_embeddings != num_classes + 1:
-        raise ValueError(f"content DiT has no null-class row ({table.num_embeddings} rows for {num_classes} classes)")
+def content_dit_null_label(model: ContentDiT) -> int:
+    """The null-class label index used for guidance: ``num_classes`` (the table's extra last row)."""
+    num_classes = int(model.config.num_classes)
+    rows = model.class_embed.num_embeddings
+    if rows != num_classes + 1:
+        raise ValueError(f"content DiT has no null-class row ({rows} rows for {num_classes} classes)")
     return num_classes
 
 
@@ -411,13 +396,13 @@ def build_content_dit(
     dtype: torch.dtype | None = None,
     tiny: bool = False,
     in_channels: int = 3,
-    sample_size: int = 64,
+    sample_size: int | list[int] = 64,
     learn_sigma: bool = False,
-) -> DiTTransformer2DModel:
-    """The class-conditional content-frame model: a pixel-space DiT over (B, 3, 64, 64) content frames.
+) -> ContentDiT:
+    """The class-conditional content-frame model: a pixel-space ``ContentDiT`` over (B, 3, 64, 64) frames.
 
-    ``forward(hidden_states (B, C, S, S), timestep (B,), class_labels (B,) in [0, num_classes],
-    return_dict=False)[0] -> eps (B, C, S, S)`` (first C channels when ``learn_sigma``). Label
+    ``forward(hidden_states (B, C, H, W), timestep (B,), class_labels (B,) in [0, num_classes],
+    return_dict=False)[0] -> eps (B, C, H, W)`` (first C channels when ``learn_sigma``). Label
     ``num_classes`` is the null class. ``checkpoint``: a local folder with ``transformer/`` (or a
     config.json at its root), loaded offline. ``tiny=True`` uses the size ``"tiny"``.
     """
@@ -427,16 +412,12 @@ def build_content_dit(
         size = "tiny"
     config = content_dit_config(size, num_classes, in_channels, sample_size, learn_sigma)
     if checkpoint is None:
-        model = _construct(lambda: DiTTransformer2DModel.from_config(config), device, dtype)
-    else:
-        loaded = _load_pretrained(
-            lambda src, sub: DiTTransformer2DModel.from_pretrained(
-                src, subfolder=sub, local_files_only=True, torch_dtype=dtype
-            ),
-            checkpoint, "transformer", f"content DiT-{size}",
-        )
-        keys = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
-                "sample_size", "patch_size", "num_embeds_ada_norm")
-        _check_matches(dict(loaded.config), config, keys, f"content DiT-{size}", checkpoint)
-        model = _construct(lambda: loaded, device, None)
-    return disable_block_label_dropout(model)
+        return _construct(lambda: ContentDiT(**config), device, dtype)
+    loaded = _load_pretrained(
+        lambda src, sub: ContentDiT.from_pretrained(src, subfolder=sub, local_files_only=True, torch_dtype=dtype),
+        checkpoint, "transformer", f"content DiT-{size}",
+    )
+    keys = ("depth", "hidden_size", "num_heads", "in_channels", "learn_sigma", "sample_size", "patch_size",
+            "num_classes")
+    _check_matches(dict(loaded.config), config, keys, f"content DiT-{size}", checkpoint)
+    return _construct(lambda: loaded, device, None)

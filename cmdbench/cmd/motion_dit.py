@@ -4,7 +4,8 @@ Implemented from the CMD paper (Eq. 8, App. B.3, Table 6) and the DiT paper (Pee
 adaLN-Zero blocks, zero-initialised modulation and output); no code from the NVlabs/CMD or DiT releases.
 Building blocks come from diffusers: ``Timesteps``/``TimestepEmbedding`` (the DiT timestep embedder: 256
 sinusoidal channels, cos first, then Linear-SiLU-Linear), ``PatchEmbed`` (conv patchify),
-``LabelEmbedding`` (class table with one extra null row), ``Attention`` (SDPA) and ``FeedForward``.
+``LabelEmbedding`` (class table with one extra null row), ``Attention`` (SDPA) and ``FeedForward``; the
+adaLN-Zero block, final layer and DiT initialisation are shared with ``ContentDiT`` (``dit_blocks.py``).
 
 Token layout (cmd-paper.md §4.2):
     motion tokens  : z_t (B, D, L, W_m) as a 2D image L x W_m, patch p    -> (L/p) * (W_m/p) tokens
@@ -29,14 +30,21 @@ from __future__ import annotations
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention import FeedForward
-from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import LabelEmbedding, PatchEmbed, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from cmdbench.cmd.autoencoder import sincos_embedding_2d
+from cmdbench.cmd.dit_blocks import (
+    AdaLNFinalLayer,
+    AdaLNZeroBlock,
+    grid_positions,
+    init_dit_weights,
+    unpatchify,
+)
+
+__all__ = ["MOTION_DIT_CONFIGS", "AdaLNFinalLayer", "AdaLNZeroBlock", "MotionDiT", "motion_dit_config"]
 
 # DiT sizes (Peebles & Xie, Table 1); "/2" = motion patch 2.
 MOTION_DIT_CONFIGS: dict[str, dict[str, int]] = {
@@ -45,52 +53,6 @@ MOTION_DIT_CONFIGS: dict[str, dict[str, int]] = {
     "DiT-L/2": {"depth": 24, "hidden_size": 1024, "num_heads": 16, "patch_size": 2},
     "DiT-XL/2": {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 2},
 }
-
-
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x (B, N, C) * (1 + scale) + shift, with shift/scale (B, C)."""
-    return x * (1 + scale[:, None]) + shift[:, None]
-
-
-class AdaLNZeroBlock(nn.Module):
-    """DiT block: self-attention and MLP, each pre-normed, modulated and gated by an external vector.
-
-    ``x (B, N, C), cond (B, C) -> (B, N, C)``. The modulation is zero-initialised, so the block starts as
-    the identity (adaLN-Zero).
-    """
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, heads=num_heads, dim_head=dim // num_heads, bias=True, out_bias=True)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = FeedForward(dim, mult=mlp_ratio, activation_fn="gelu-approximate")
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        nn.init.zeros_(self.modulation[1].weight)
-        nn.init.zeros_(self.modulation[1].bias)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(cond).chunk(6, dim=1)  # 6 x (B, C)
-        x = x + gate_a[:, None] * self.attn(_modulate(self.norm1(x), shift_a, scale_a))
-        x = x + gate_m[:, None] * self.mlp(_modulate(self.norm2(x), shift_m, scale_m))
-        return x
-
-
-class AdaLNFinalLayer(nn.Module):
-    """Final DiT layer: adaLN (shift, scale) then a zero-initialised linear to ``p*p*out`` per token."""
-
-    def __init__(self, dim: int, patch_size: int, out_channels: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
-        for layer in (self.modulation[1], self.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.modulation(cond).chunk(2, dim=1)  # 2 x (B, C)
-        return self.linear(_modulate(self.norm(x), shift, scale))  # (B, N, p*p*out)
 
 
 class MotionDiT(ModelMixin, ConfigMixin):
@@ -182,26 +144,14 @@ class MotionDiT(ModelMixin, ConfigMixin):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """DiT initialisation: xavier linears and patch projections, N(0, 0.02) embeddings, zero adaLN."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        for embed in (self.motion_embed, self.content_embed):
-            weight = embed.proj.weight
-            nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-            nn.init.zeros_(embed.proj.bias)
-        for layer in (self.time_embed.linear_1, self.time_embed.linear_2):
-            nn.init.normal_(layer.weight, std=0.02)
-        if self.class_embed is not None:
-            nn.init.normal_(self.class_embed.embedding_table.weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.modulation[1].weight)
-            nn.init.zeros_(block.modulation[1].bias)
-        for layer in (self.final_layer.modulation[1], self.final_layer.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        """DiT initialisation (``dit_blocks.init_dit_weights``): xavier linears and patch projections,
+        N(0, 0.02) timestep MLP and label table, zero adaLN modulation and output."""
+        init_dit_weights(
+            self,
+            patch_embeds=[self.motion_embed.proj, self.content_embed.proj],
+            time_mlp=[self.time_embed.linear_1, self.time_embed.linear_2],
+            label_table=self.class_embed.embedding_table if self.class_embed is not None else None,
+        )
 
     # -- sizes ----------------------------------------------------------------------------------------
     @property
@@ -284,12 +234,7 @@ class MotionDiT(ModelMixin, ConfigMixin):
     ) -> torch.Tensor:
         """2D sin-cos positions (grid_h * grid_w, hidden) float32: the ``native`` buffer at ``native_grid``,
         else the same formula for ``grid``, cached per (grid, device)."""
-        if grid == native_grid:
-            return native
-        key = (*grid, str(device))
-        if key not in self._pos_cache:
-            self._pos_cache[key] = sincos_embedding_2d(self.config.hidden_size, *grid).to(device)
-        return self._pos_cache[key]
+        return grid_positions(self.config.hidden_size, grid, native_grid, native, self._pos_cache, device)
 
     def _check_inputs(self, sample: torch.Tensor, content: torch.Tensor) -> None:
         cfg = self.config
@@ -371,11 +316,8 @@ class MotionDiT(ModelMixin, ConfigMixin):
         """(B, gh*gw, p*p*out) -> (B, out, gh*p, gw*p), inverse of the conv patchify's token order.
 
         ``grid``: the token grid (gh, gw) (default: the native motion grid)."""
-        b = tokens.shape[0]
-        p = self.config.patch_size
-        gh, gw = self.motion_grid if grid is None else grid
-        x = tokens.view(b, gh, gw, p, p, self.out_channels)  # (B, gh, gw, p, p, out)
-        return x.permute(0, 5, 1, 3, 2, 4).reshape(b, self.out_channels, gh * p, gw * p)
+        return unpatchify(tokens, self.motion_grid if grid is None else grid, self.config.patch_size,
+                          self.out_channels)
 
 
 def motion_dit_config(name: str, **overrides) -> dict:

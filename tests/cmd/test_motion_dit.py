@@ -181,6 +181,48 @@ def test_text_features_are_mean_pooled():
     assert (sequence - model(z, t, content, encoder_hidden_states=-feats)).abs().max() > 1e-4
 
 
+def test_padded_text_positions_do_not_change_the_condition():
+    """With the mask, anything at padded positions leaves the prediction unchanged (masked mean); without it
+    the same change moves it (the plain mean over all S positions that sampling used before)."""
+    model = tiny_dit(text_embed_dim=12)
+    z, t, content = tiny_inputs(2)
+    feats = torch.randn(2, 7, 12)
+    mask = torch.tensor([[1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0]])
+    garbage = torch.where(mask[..., None].bool(), feats, 100 * torch.randn(2, 7, 12))
+    with torch.no_grad():
+        clean = model(z, t, content, encoder_hidden_states=feats, encoder_attention_mask=mask)
+        noisy = model(z, t, content, encoder_hidden_states=garbage, encoder_attention_mask=mask)
+        unmasked = model(z, t, content, encoder_hidden_states=garbage)
+    torch.testing.assert_close(noisy, clean, atol=1e-6, rtol=1e-6)
+    assert (unmasked - clean).abs().max() > 1e-3
+
+
+def test_state_dict_keys_are_stable():
+    """Checkpoint layout: the keys MotionDiT has always saved (the DiT blocks moved to dit_blocks.py)."""
+    block = ["attn.to_k.bias", "attn.to_k.weight", "attn.to_out.0.bias", "attn.to_out.0.weight", "attn.to_q.bias",
+             "attn.to_q.weight", "attn.to_v.bias", "attn.to_v.weight", "mlp.net.0.proj.bias", "mlp.net.0.proj.weight",
+             "mlp.net.2.bias", "mlp.net.2.weight", "modulation.1.bias", "modulation.1.weight"]
+    common = [f"blocks.0.{k}" for k in block] + [
+        "content_embed.proj.bias", "content_embed.proj.weight", "final_layer.linear.bias", "final_layer.linear.weight",
+        "final_layer.modulation.1.bias", "final_layer.modulation.1.weight", "motion_embed.proj.bias",
+        "motion_embed.proj.weight", "time_embed.linear_1.bias", "time_embed.linear_1.weight",
+        "time_embed.linear_2.bias", "time_embed.linear_2.weight"]
+    classes = MotionDiT(**{**TINY, "depth": 1, "num_classes": 5})
+    text = MotionDiT(**{**TINY, "depth": 1, "text_embed_dim": 8})
+    assert sorted(classes.state_dict()) == sorted([*common, "class_embed.embedding_table.weight"])
+    assert sorted(text.state_dict()) == sorted([*common, "text_proj.bias", "text_proj.weight"])
+
+
+def test_attention_projections_are_initialised_as_dits_fused_qkv():
+    """DiT's q, k, v are one xavier-uniform (3C x C) matrix: std sqrt(2 / 4C), not sqrt(2 / 2C) each."""
+    c = 256
+    model = MotionDiT(**{**TINY, "hidden_size": c, "depth": 1})
+    attn = model.blocks[0].attn
+    qkv = torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight])
+    assert qkv.std().item() == pytest.approx((2 / (4 * c)) ** 0.5, rel=0.05)
+    assert attn.to_out[0].weight.std().item() == pytest.approx((2 / (2 * c)) ** 0.5, rel=0.05)
+
+
 def test_batch_elements_are_independent():
     model = tiny_dit(num_classes=10)
     z, t, content = tiny_inputs(3)
