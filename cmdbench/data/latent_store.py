@@ -341,6 +341,7 @@ class LatentBatch:
     conditions: list[str | int | None]
     ids: list[str]  # the clip's source id (a video appears once per stored window)
     sample_keys: list[str]  # the sample's key in the store, unique: "r<rank>-<n>"
+    clip_keys: list[dict[str, Any] | None]  # the key the clip was read with at build time (e.g. a ClipKey's fields)
 
     def pin_memory(self) -> LatentBatch:
         return dataclasses.replace(self, content=self.content.pin_memory(), motion=self.motion.pin_memory())
@@ -507,7 +508,7 @@ class LatentBatches(torch.utils.data.IterableDataset):
                 yield self._batch(picks, cache)
 
     def _batch(self, picks: list[tuple[int, int]], cache: OrderedDict[int, list[dict[str, Any]]]) -> LatentBatch:
-        contents, motions, conditions, ids, keys = [], [], [], [], []
+        contents, motions, conditions, ids, keys, clip_keys = [], [], [], [], [], []
         for shard, i in picks:
             if shard not in cache:
                 cache[shard] = self.store.read_shard(shard)
@@ -520,7 +521,9 @@ class LatentBatches(torch.utils.data.IterableDataset):
             conditions.append(meta["condition"])
             ids.append(meta["id"])
             keys.append(sample["__key__"])
-        return LatentBatch(torch.stack(contents).float(), torch.stack(motions).float(), conditions, ids, keys)
+            clip_keys.append(meta.get("clip_key"))
+        return LatentBatch(torch.stack(contents).float(), torch.stack(motions).float(), conditions, ids, keys,
+                           clip_keys)
 
 
 def open_latent_loader(store_dir: str | Path, *, batch_size: int, seed: int, rank: int, world_size: int,

@@ -338,3 +338,48 @@ def test_a_build_with_other_weights_does_not_resume_into_the_store(pixel_pipe, t
     other = CMDAutoencoder(**{k: v for k, v in pixel_pipe.autoencoder.config.items() if not k.startswith("_")})
     with pytest.raises(LatentStoreError, match="different build.*identity"):
         build_latent_store(batches_of(pixel_pipe, 0, 3, 3), tmp_path, other, None, rank=0, world_size=1, seed=0)
+
+
+def test_store_built_from_the_training_clip_loader(pixel_pipe, tmp_path, monkeypatch):
+    from cmdbench.data import synthetic
+    from cmdbench.data.train_clips import ClipKey, TrainClipSpec, build_train_clips, make_train_loader
+
+    synthetic.write_folder(tmp_path / "videos", 4, num_frames=24, height=16, width=16)
+    clips = build_train_clips("folder", tmp_path / "videos", TrainClipSpec(num_frames=8, size=(16, 16),
+                                                                           clips_per_video=2, seed=0))
+    ae, key = pixel_pipe.autoencoder, latent_store_key(clips.describe(), pixel_pipe.autoencoder, None, TINY, 0)
+
+    def loader(start_step: int = 0):
+        return make_train_loader(clips, batch_size=3, seed=0, rank=0, world_size=1, start_step=start_step,
+                                 num_workers=0)
+
+    whole = tmp_path / "whole"
+    build_latent_store(loader(), whole, ae, None, rank=0, world_size=1, seed=0, num_samples=len(clips),
+                       samples_per_shard=4, key=key)
+    batch = next(open_latent_loader(whole, batch_size=8, seed=0, rank=0, world_size=1, identity={"key": key}))
+    assert Counter(batch.ids) == Counter(f"video_{i:04d}" for i in range(4) for _ in range(2))  # 2 windows each
+    for j, clip_key in enumerate(batch.clip_keys):
+        clip = clips[ClipKey(**clip_key)]  # the same window, read again
+        with torch.no_grad():
+            content, motion = ae.encode((clip.video[None].float() / 127.5 - 1.0).permute(0, 2, 1, 3, 4))
+        torch.testing.assert_close(batch.content[j], content[0], rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(batch.motion[j], motion[0], rtol=1e-3, atol=1e-3)
+
+    # killed after two batches (one complete shard of 4), resumed with a loader that skips stored batches
+    part = tmp_path / "part"
+
+    def killed():
+        for k, b in enumerate(loader()):
+            if k == 2:
+                raise KeyboardInterrupt
+            yield b
+
+    with pytest.raises(KeyboardInterrupt):
+        build_latent_store(killed(), part, ae, None, rank=0, world_size=1, seed=0, num_samples=len(clips),
+                           samples_per_shard=4, key=key)
+    start = stored_samples(part, 0) // 3
+    assert start == 1
+    build_latent_store(loader(start), part, ae, None, rank=0, world_size=1, seed=0, num_samples=len(clips),
+                       samples_per_shard=4, key=key, first_sample=3 * start)
+    for name in ("shard-rank00000-000000.tar", "shard-rank00000-000001.tar"):
+        assert (part / name).read_bytes() == (whole / name).read_bytes()
