@@ -4,21 +4,39 @@ A run writes ``<records>/<run_id>.csv`` (rows) and ``<records>/<run_id>.json`` (
 environment). Rows are appended one whole line at a time with flush+fsync, so a crash never leaves
 a half-written row; a torn last line from a killed writer is detected and repaired on the next open.
 Paper numbers use the same schema with ``source = "paper"``.
+
+Raw repeats. A repeated measurement keeps every raw value in the ``values`` column (a JSON list of
+numbers in the row's unit, e.g. ``[0.512, 0.498, 0.507]``): ``value`` is their median, ``std`` their sample
+standard deviation and ``n`` their count. The regression gate (:mod:`cmdbench.bench.regression`) needs the
+raw values to judge whether two timings differ; ``values`` is the last column, so files written before it
+existed still read (the column is then empty).
+
+Identity. :func:`config_hash` is the one function that builds a row's ``config_hash``: every producer
+(``cmdbench bench``, ``cmdbench evaluate``, the regression suite) calls it, so two rows with the same hash
+measured the same thing under the same protocol and may be compared.
+
+pandas is needed to read and validate tables, not to write rows: on an interpreter without it (the GPU
+check's bare machine) :class:`RecordWriter` checks each row's required fields and numbers by hand.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import fnmatch
 import io
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+try:
+    import pandas as pd
+except ModuleNotFoundError:  # the GPU check's bare interpreter: rows are written, not read (module docstring)
+    pd = None
 
 # column -> pandas dtype. Order is the CSV column order.
 SCHEMA: dict[str, str] = {
@@ -52,8 +70,11 @@ SCHEMA: dict[str, str] = {
     "cuda_version": "string",
     "config_hash": "string",
     "notes": "string",
+    "values": "string",            # JSON list of the raw repeats (row's unit); empty for single values
 }
 COLUMNS = tuple(SCHEMA)
+# Columns a file written before they existed may lack (read as empty).
+OPTIONAL = ("values",)
 REQUIRED = ("run_id", "source", "generator", "metric", "value")
 SOURCES = ("measured", "paper")
 # Columns that, with the metric, define whether two rows measured the same thing.
@@ -80,9 +101,10 @@ def validate(df: pd.DataFrame, *, where: str = "results") -> pd.DataFrame:
     Missing columns, unknown columns, empty required fields, values that do not convert to the column's
     type and unknown ``source`` values raise :class:`ResultsSchemaError` naming the column and row.
     """
-    missing = [c for c in COLUMNS if c not in df.columns]
+    missing = [c for c in COLUMNS if c not in df.columns and c not in OPTIONAL]
     if missing:
         raise ResultsSchemaError(f"{where}: missing columns {missing}; the schema is {list(COLUMNS)}")
+    df = df.assign(**{c: pd.NA for c in OPTIONAL if c not in df.columns})
     extra = [c for c in df.columns if c not in SCHEMA]
     if extra:
         raise ResultsSchemaError(f"{where}: unknown columns {extra}; the schema is {list(COLUMNS)}")
@@ -123,7 +145,48 @@ def validate(df: pd.DataFrame, *, where: str = "results") -> pd.DataFrame:
     if bad_src.any():
         i = bad_src.idxmax()
         raise ResultsSchemaError(f"{where}: source {out['source'][i]!r} in row {i}; allowed {SOURCES}")
+    for i, text in out["values"].items():
+        if pd.notna(text):
+            try:
+                decode_values(text)
+            except ValueError as err:
+                raise ResultsSchemaError(f"{where}: column 'values' row {i}: {err}") from None
     return out
+
+
+# --- Raw repeats ------------------------------------------------------------------------------------------
+
+
+def encode_values(values: Any) -> str | None:
+    """Raw repeats -> the ``values`` cell: a JSON list of floats (exact repr), ``None`` for no values."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        decode_values(values)  # already encoded: check it
+        return values
+    floats = [float(v) for v in values]
+    if not floats:
+        return None
+    if not all(math.isfinite(v) for v in floats):
+        raise ResultsSchemaError(f"raw values {floats} hold NaN or inf; record a failure as its own row")
+    return "[" + ", ".join(repr(v) for v in floats) + "]"
+
+
+def decode_values(text: Any) -> tuple[float, ...]:
+    """The ``values`` cell -> a tuple of floats (empty for an empty cell); malformed text raises ValueError."""
+    if text is None or (isinstance(text, float) and math.isnan(text)) or (pd is not None and text is pd.NA):
+        return ()
+    text = str(text).strip()
+    if not text:
+        return ()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"{text[:60]!r} is not a JSON list of numbers") from None
+    if not isinstance(data, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             for v in data):
+        raise ValueError(f"{text[:60]!r} is not a JSON list of numbers")
+    return tuple(float(v) for v in data)
 
 
 def _to_bool(v: Any) -> bool:
@@ -138,12 +201,16 @@ def _to_bool(v: Any) -> bool:
 
 
 def make_row(**fields: Any) -> dict[str, Any]:
-    """A full schema row: given fields, the rest empty. Unknown fields raise."""
+    """A full schema row: given fields, the rest empty. Unknown fields raise.
+
+    ``values`` may be given as a sequence of numbers (the raw repeats); it is stored as JSON text.
+    """
     unknown = set(fields) - set(SCHEMA)
     if unknown:
         raise ResultsSchemaError(f"unknown result fields {sorted(unknown)}; the schema is {list(COLUMNS)}")
     row = dict.fromkeys(COLUMNS)
     row.update(fields)
+    row["values"] = encode_values(row["values"])
     return row
 
 
@@ -176,16 +243,24 @@ class RecordWriter:
         self._repair_torn_tail()
 
     def _repair_torn_tail(self) -> None:
-        """Drop a trailing partial line (a writer killed mid-write) so the file stays valid."""
+        """Drop a trailing partial line (a writer killed mid-write) so the file stays valid; a file
+        written before the optional columns existed gets them (empty) so appended rows line up."""
         if not self.csv_path.exists():
             return
         data = self.csv_path.read_bytes()
         if data and not data.endswith(b"\n"):
-            keep = data[: data.rfind(b"\n") + 1]
-            with open(self.csv_path, "wb") as f:
-                f.write(keep)
-                f.flush()
-                os.fsync(f.fileno())
+            data = data[: data.rfind(b"\n") + 1]
+            _atomic_bytes(self.csv_path, data)
+        header = data.split(b"\n", 1)[0].decode().split(",") if data else []
+        short = [c for c in COLUMNS if c not in header]
+        if header and short:
+            if header + short != list(COLUMNS):
+                raise ResultsSchemaError(f"{self.csv_path}: header {header} is not a prefix of the schema "
+                                         f"{list(COLUMNS)}; cannot append to it")
+            pad = "," * len(short)
+            lines = data.decode().splitlines()
+            text = "\n".join([",".join(COLUMNS)] + [line + pad for line in lines[1:]]) + "\n"
+            _atomic_bytes(self.csv_path, text.encode())
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:
         """Write the resolved config + environment JSON atomically (temp file, then rename)."""
@@ -198,7 +273,10 @@ class RecordWriter:
         rows = [make_row(**dict(r)) for r in rows]
         if not rows:
             return 0
-        validate(pd.DataFrame(rows, columns=list(COLUMNS)), where=f"rows for {self.csv_path}")
+        if pd is not None:
+            validate(pd.DataFrame(rows, columns=list(COLUMNS)), where=f"rows for {self.csv_path}")
+        else:
+            _check_rows_without_pandas(rows, where=f"rows for {self.csv_path}")
         new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -217,6 +295,32 @@ class RecordWriter:
         if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
             return pd.DataFrame(columns=list(COLUMNS))
         return read_csv(self.csv_path)
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _check_rows_without_pandas(rows: list[dict[str, Any]], *, where: str) -> None:
+    """Required fields present, numbers numeric, ``source`` known: what :func:`validate` checks first."""
+    for i, r in enumerate(rows):
+        for col in REQUIRED:
+            if r[col] is None or (col != "value" and not str(r[col]).strip()):
+                raise ResultsSchemaError(f"{where}: required column {col!r} is empty in row {i}")
+        for col, dtype in SCHEMA.items():
+            if dtype in ("float64", "Int64") and r[col] is not None and r[col] != "":
+                try:
+                    float(r[col])
+                except (TypeError, ValueError):
+                    raise ResultsSchemaError(f"{where}: column {col!r} row {i} holds {r[col]!r}, "
+                                             "which is not a number") from None
+        if r["source"] not in SOURCES:
+            raise ResultsSchemaError(f"{where}: source {r['source']!r} in row {i}; allowed {SOURCES}")
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
@@ -261,3 +365,92 @@ def write_table_csv(df: pd.DataFrame, path: str | Path) -> Path:
     out.to_csv(tmp, index=False, float_format=None)
     tmp.replace(path)
     return path
+
+
+# --- What a metric is, by name ------------------------------------------------------------------------------
+
+# First matching glob wins. "timed": wall-clock seconds, noisy, gated statistically on raw repeats;
+# "memory": a measured peak (allocator or RSS), noisy, gated like timings; "exact": deterministic figures
+# (FLOP/MAC counts, parameters, predicted memory and time, flags), gated exactly; anything else is a
+# "quality" figure (FVD, CLIPSIM, ...) computed on a set of generated videos.
+METRIC_KINDS: tuple[tuple[str, str], ...] = (
+    ("predicted_*", "exact"),
+    ("sampling_time*", "timed"),
+    ("stage_time/*", "timed"),
+    ("time_per_step*", "timed"),
+    ("kernel_time/*", "timed"),
+    ("calibration_time*", "timed"),
+    ("latency*", "timed"),
+    ("peak_memory*", "memory"),
+    ("*macs*", "exact"),
+    ("*flops*", "exact"),
+    ("params*", "exact"),
+    ("train_params/*", "exact"),
+    ("out_of_memory", "exact"),
+    ("unsupported", "exact"),
+)
+COST_KINDS = ("timed", "memory", "exact")
+
+
+def metric_kind(metric: str) -> str:
+    """``"timed"``, ``"memory"``, ``"exact"`` or ``"quality"`` for a metric name (:data:`METRIC_KINDS`)."""
+    for pattern, kind in METRIC_KINDS:
+        if fnmatch.fnmatchcase(metric, pattern):
+            return kind
+    return "quality"
+
+
+# --- Identity: what makes two numbers comparable ------------------------------------------------------------
+
+# Row fields that fix the measured setting, whatever the metric.
+SETTING_FIELDS = ("generator", "checkpoint", "checkpoint_sha", "conditioning", "dataset", "num_frames", "height",
+                  "width", "steps", "guidance_scale", "batch_size", "dtype")
+# Keys of ``MetricValue.extra`` that say what a value was computed with or against: the FVD protocol's hash,
+# the real-set statistics key and the feature extractor's checksum; CLIP's weight checksum.
+PROVENANCE_KEYS = ("protocol_hash", "reference_key", "extractor_checksum", "weights_sha256")
+# Environment flags that change numerics on the same device (capture_environment's keys).
+NUMERIC_FLAGS = ("tf32_matmul", "tf32_cudnn", "float32_matmul_precision")
+
+
+def device_class(device: str) -> str:
+    """``"cuda:1"`` -> ``"cuda"``; ``"cpu"``, ``"meta"`` unchanged."""
+    return str(device).split(":", 1)[0].strip().lower() or "cpu"
+
+
+def config_hash(row: Mapping[str, Any], environment: Mapping[str, Any], *,
+                extra: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None,
+                samples: Mapping[str, Any] | None = None) -> str:
+    """The ``config_hash`` of a result row: a hash of everything that makes two numbers comparable.
+
+    In the hash:
+      * the setting (:data:`SETTING_FIELDS` of ``row``), ``row["metric"]`` and ``row["protocol"]``;
+      * the provenance of the value, from ``extra`` (a ``MetricValue.extra``): extractor checksum,
+        reference-statistics key, protocol hash, CLIP weights checksum (:data:`PROVENANCE_KEYS`);
+      * from ``environment`` (:func:`cmdbench.env.capture_environment`): the device class (cpu, cuda,
+        meta) and the numeric flags (TF32 for matmul and cuDNN, float32 matmul precision);
+      * ``context``: anything else the producer knows changes the number (e.g. ``tiny``, metric options);
+      * for quality metrics only, which videos were scored: ``row["seeds"]`` and ``samples`` (prompts,
+        labels). A cost figure (time, memory, counts; :func:`metric_kind`) does not depend on the seeds,
+        so two timings of the same setting pair whatever seed range each run drew.
+
+    Not in the hash: the concrete device (CPU model, GPU, threads, torch and BLAS build) -- that is the
+    device key (:func:`cmdbench.env.device_key`), compared apart so a number from another machine reads
+    "incomparable" instead of vanishing as "missing"/"new"; run ids, dates, git state, values.
+    """
+    metric = str(row["metric"])
+    identity: dict[str, Any] = {k: row.get(k) for k in SETTING_FIELDS}
+    identity.update(metric=metric, protocol=row.get("protocol") or "",
+                    device_class=device_class(environment.get("device", "cpu")),
+                    flags={k: environment.get(k) for k in NUMERIC_FLAGS})
+    provenance = {k: extra[k] for k in PROVENANCE_KEYS if extra and extra.get(k) is not None}
+    if provenance:
+        identity["provenance"] = provenance
+    if context:
+        identity["context"] = dict(context)
+    if metric_kind(metric) not in COST_KINDS:
+        identity["seeds"] = row.get("seeds")
+        if samples:
+            identity["samples"] = dict(samples)
+    from cmdbench.config import stable_hash
+
+    return stable_hash(identity)

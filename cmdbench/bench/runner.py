@@ -15,12 +15,27 @@ rename), so a batch either counts as done with all its data or not at all. Start
 they have one, else by replaying the stored videos), samples only the missing batches and appends only
 the rows not yet in the CSV: every row exactly once, nothing recorded recomputed.
 
-**Trackers.** ``time``: wall clock of each ``sample()`` call (``perf_counter``; the device is synchronised
-by the stage recorder), one untimed warm-up call per process; per-video time = batch time / batch size,
-reported as the median over batches with their standard deviation, plus per-stage times.
-``memory``: peak per batch from :class:`cmdbench.metrics.efficiency.PeakMemory`: the CUDA allocator peak
-after a reset, or on the CPU the process's peak RSS minus its RSS just before sampling (labelled
-``cpu_peak_rss`` in the notes); the row holds the maximum over batches.
+**Trackers** (metric names, units and statistics as every producer writes them; issue 10 item 5).
+``time``: wall clock of each ``sample()`` call (``perf_counter``; the device is synchronised around it),
+one untimed warm-up call per process. Each batch is one timed repeat:
+
+* ``sampling_time`` [s/video]: batch time / batch size; ``value`` the median over batches, ``std`` their
+  sample standard deviation (empty for one batch), ``n`` the number of batches, ``values`` the raw repeats;
+* ``sampling_time_excl_vae_decoder`` [s/video]: the same minus the SD VAE decoder stage (Table 9's reading),
+  when the generator has that stage;
+* ``stage_time/<stage>`` [s/video]: each stage's share (stage names from the generator's ``stage_hook``);
+* ``time_per_step`` [s/step]: the denoising stages' time per video / steps (every stage but the text
+  encoder and the decoders).
+
+``memory``: ``peak_memory`` [GiB], the **absolute** peak of each ``sample()`` call from
+:class:`cmdbench.metrics.efficiency.PeakMemory` -- CUDA ``max_memory_allocated`` after a reset (protocol
+``cuda-allocated``, weights included) or the process's peak RSS (protocol ``cpu-rss``); ``value`` the median
+over batches, ``values`` each batch's peak.
+
+**Identity.** ``config_hash`` comes from :func:`cmdbench.bench.results.config_hash`: the setting, the
+metric's protocol and provenance (extractor checksum, reference statistics, CLIP weights), device class,
+dtype and TF32 flags; seeds and prompts only for quality metrics. A plugin generator's package, version
+and git sha are recorded in the notes of its rows and in the run's JSON.
 """
 
 from __future__ import annotations
@@ -40,14 +55,17 @@ from typing import Any
 import pandas as pd
 import torch
 
-from cmdbench.bench.results import RecordWriter, make_row, new_run_id, now_utc
+from cmdbench.bench.results import RecordWriter, config_hash, make_row, new_run_id, now_utc
 from cmdbench.config import BenchConfig, stable_hash, to_jsonable
-from cmdbench.env import capture_environment
+from cmdbench.env import capture_environment, generator_provenance
 from cmdbench.interfaces import GeneratorSpec, MetricValue
 from cmdbench.registry import GENERATORS, METRICS, load_plugins
 from cmdbench.seeding import format_seeds, make_generators, parse_seeds
 
 GIB = 2**30
+# Stages that do not denoise (everything else counts towards ``time_per_step``).
+NON_DENOISING_STAGES = ("text_encoder", "decoder", "vae_decoder")
+MEMORY_PROTOCOLS = {"cpu_peak_rss": "cpu-rss", "cuda_max_memory_allocated": "cuda-allocated"}
 
 
 class RunMismatchError(ValueError):
@@ -239,7 +257,8 @@ def run_bench(
         env = capture_environment(config.device, config.dtype)
         meta = {"run_id": run_id, "run_key": key, "created_utc": now_utc(), "config": to_jsonable(config),
                 "resolved": to_jsonable(res), "checkpoint_sha": checkpoint_sha(config.checkpoint),
-                "environment": env, "complete": False}
+                "environment": env, "plugin": generator_provenance(GENERATORS.get(config.generator)),
+                "complete": False}
         writer.write_meta(meta)
     res = Resolved(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["resolved"].items()})
 
@@ -366,48 +385,56 @@ def _rows(config: BenchConfig, meta: dict[str, Any], res: Resolved, seeds: Seque
         "seeds": format_seeds(seeds), "device_name": env["device_name"], "torch_version": env["torch_version"],
         "cuda_version": env["cuda_version"],
     }
-    comparable = {k: base[k] for k in ("generator", "checkpoint", "checkpoint_sha", "dataset", "num_frames",
-                                       "height", "width", "steps", "guidance_scale", "batch_size", "dtype",
-                                       "seeds", "device_name")}
-    comparable.update(tiny=config.tiny, prompts=res.prompts, labels=res.labels)
+    plugin = meta.get("plugin")
+    plugin_note = (f"plugin {plugin['package']} {plugin['version']} (git {plugin['git_sha']})" if plugin else "")
 
-    def row(metric: str, value: float, protocol: str = "", options: dict[str, Any] | None = None,
-            **kw: Any) -> dict[str, Any]:
-        identity = {**comparable, "metric": metric, "protocol": protocol}
-        if options:  # a metric's options (e.g. its reference statistics) make its value comparable or not
-            identity["metric_options"] = options
-        h = stable_hash(identity)
-        notes = kw.pop("notes", "")
-        if config.notes:
-            notes = f"{config.notes}; {notes}" if notes else config.notes
-        return make_row(**base, metric=metric, value=float(value), protocol=protocol, config_hash=h,
-                        notes=notes, **kw)
+    def row(metric: str, value: float, protocol: str = "", *, extra: dict[str, Any] | None = None,
+            options: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        fields = {**base, "metric": metric, "protocol": protocol}
+        context = {"tiny": config.tiny, "metric_options": options or None}
+        h = config_hash(fields, env, extra=extra, context=context,
+                        samples={"prompts": res.prompts, "labels": res.labels})
+        notes = "; ".join(x for x in (config.notes, plugin_note, kw.pop("notes", "")) if x)
+        return make_row(**fields, value=float(value), config_hash=h, notes=notes, **kw)
+
+    def repeated(metric: str, per_batch: list[float], unit: str, notes: str, protocol: str = "") -> dict:
+        return row(metric, statistics.median(per_batch), protocol, std=_std(per_batch), n=len(per_batch),
+                   values=per_batch, unit=unit, higher_is_better=False, notes=notes)
 
     rows = []
-    n_videos = len(seeds)
+    batches = f"median over {len(records)} batches of {res.batch_size} (one timed repeat each)"
     if "time" in config.trackers:
-        per_video = [r["time_s"] / len(r["seeds"]) for r in records]
-        rows.append(row("sampling_time", statistics.median(per_video), std=_std(per_video), n=n_videos,
-                        unit="s", higher_is_better=False,
-                        notes=f"per video; median over {len(records)} batches of {res.batch_size}; "
-                              "whole sample() call; 1 warm-up call per process"))
+        size = [len(r["seeds"]) for r in records]
+        per_video = [r["time_s"] / b for r, b in zip(records, size, strict=True)]
+        rows.append(repeated("sampling_time", per_video, "s/video",
+                             f"per video, whole sample() call; {batches}; 1 warm-up call per process"))
         stages = sorted({s for r in records for s in r["stage_times_s"]})
-        for s in stages:
-            vals = [r["stage_times_s"].get(s, 0.0) / len(r["seeds"]) for r in records]
-            rows.append(row(f"stage_time_{s}", statistics.median(vals), std=_std(vals), n=n_videos, unit="s",
-                            higher_is_better=False, notes=f"per video; stage {s!r} of sample()"))
+        if "vae_decoder" in stages:
+            excl = [(r["time_s"] - r["stage_times_s"].get("vae_decoder", 0.0)) / b
+                    for r, b in zip(records, size, strict=True)]
+            rows.append(repeated("sampling_time_excl_vae_decoder", excl, "s/video",
+                                 f"per video, sample() minus the SD VAE decoder stage; {batches}"))
+        for st in stages:
+            vals = [r["stage_times_s"].get(st, 0.0) / b for r, b in zip(records, size, strict=True)]
+            rows.append(repeated(f"stage_time/{st}", vals, "s/video", f"per video, stage {st!r} of sample(); {batches}"))
+        denoising = [s for s in stages if s not in NON_DENOISING_STAGES]
+        if denoising:
+            per_step = [sum(r["stage_times_s"].get(s, 0.0) for s in denoising) / b / res.steps
+                        for r, b in zip(records, size, strict=True)]
+            rows.append(repeated("time_per_step", per_step, "s/step",
+                                 f"per video, stages {'+'.join(denoising)} / {res.steps} steps; {batches}"))
     if "memory" in config.trackers:
         label = records[0]["memory_label"]
-        peaks = [max(0, r["peak_bytes"] - r["baseline_bytes"]) for r in records]
-        note = (f"{label}: peak RSS minus RSS before sampling ({records[0]['baseline_bytes'] / GIB:.3f} GiB), "
-                "max over batches" if label == "cpu_peak_rss" else f"{label}: max over batches")
-        rows.append(row("peak_memory", max(peaks) / GIB, n=n_videos, unit="GiB", higher_is_better=False,
-                        notes=note))
+        peaks = [r["peak_bytes"] / GIB for r in records]
+        rows.append(repeated("peak_memory", peaks, "GiB",
+                             f"absolute peak of each sample() call ({label}; weights included), "
+                             f"median over {len(records)} batches of {res.batch_size}",
+                             protocol=MEMORY_PROTOCOLS.get(label, label)))
     for name, metric in metrics.items():
         mv: MetricValue = metric.compute()
         extra = json.dumps(to_jsonable(mv.extra), sort_keys=True, default=str) if mv.extra else ""
-        rows.append(row(name, mv.value, protocol=mv.protocol, options=config.options_for(name), std=mv.std,
-                        n=mv.n if mv.n is not None else n_videos, unit=mv.unit,
+        rows.append(row(name, mv.value, mv.protocol, extra=mv.extra, options=config.options_for(name), std=mv.std,
+                        n=mv.n if mv.n is not None else len(seeds), unit=mv.unit,
                         higher_is_better=mv.higher_is_better, notes=extra))
     return rows
 

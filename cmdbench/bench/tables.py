@@ -1,7 +1,8 @@
 """Records -> pandas pivots -> markdown and LaTeX tables.
 
 ``pivot`` is the one generic reshaping (no silent aggregation: duplicate cells are an error unless an
-``aggfunc`` is named); ``paper_vs_measured`` puts the paper's numbers (``source = "paper"``) beside
+``aggfunc`` is named; a metric's label carries its unit, ``sampling_time [s/video]``, so two meanings of
+one name never share a column); ``paper_vs_measured`` puts the paper's numbers (``source = "paper"``) beside
 reproduced ones (``source = "measured"``) with a ratio column. Writers are atomic and deterministic
 (sorted rows and columns, fixed number format), so a stale committed table is detectable.
 """
@@ -37,15 +38,22 @@ def pivot(
     values: str = "value",
     *,
     aggfunc: str | None = None,
+    units: bool = True,
 ) -> pd.DataFrame:
     """Reshape tidy records into a table. Duplicate (index, columns) cells raise unless ``aggfunc``
-    (e.g. ``"median"``, ``"last"``) says how to combine them."""
+    (e.g. ``"median"``, ``"last"``) says how to combine them.
+
+    units: when ``metric`` is a key and ``unit`` is not, label each metric with its unit
+    (``"peak_memory [GiB]"``); rows of one metric name in two units land in two labelled columns.
+    """
     index = [index] if isinstance(index, str) else list(index)
     columns = [columns] if isinstance(columns, str) else list(columns)
     _check_columns(records, [*index, *columns, values], "pivot")
     if records.empty:
         raise TableError("pivot: no records to tabulate")
     keys = index + columns
+    if units and "metric" in keys and "unit" not in keys:
+        records = records.assign(metric=with_unit(records["metric"], records["unit"]))
     if aggfunc is None:
         dup = records.duplicated(subset=keys, keep=False)
         if dup.any():
@@ -63,6 +71,12 @@ def pivot(
         table.columns = table.columns.get_level_values(-1)
     table.columns.name = None
     return table.reset_index()
+
+
+def with_unit(metric: pd.Series, unit: pd.Series) -> pd.Series:
+    """``"sampling_time"`` + ``"s/video"`` -> ``"sampling_time [s/video]"`` (no unit: the name alone)."""
+    labels = [f"{m} [{u}]" if pd.notna(u) and str(u) else m for m, u in zip(metric, unit, strict=True)]
+    return pd.Series(labels, index=metric.index, dtype="string")
 
 
 def paper_vs_measured(

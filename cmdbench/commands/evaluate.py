@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from cmdbench.bench.results import RecordWriter, make_row, new_run_id, now_utc
+from cmdbench.bench.results import RecordWriter, config_hash, make_row, new_run_id, now_utc
 from cmdbench.commands.ref_stats import add_protocol_arguments, compute_reference
-from cmdbench.config import stable_hash, to_jsonable
+from cmdbench.config import to_jsonable
 from cmdbench.env import capture_environment
 from cmdbench.interfaces import GeneratorSpec, MetricValue
 from cmdbench.metrics.fvd import FVD
@@ -213,9 +213,6 @@ def write_rows(args: argparse.Namespace, metrics: dict[str, Any], base: dict[str
     rows = []
     for name, metric in metrics.items():
         mv: MetricValue = metric.compute()
-        comparable = {**base, "metric": name, "protocol": mv.protocol,
-                      "protocol_hash": mv.extra.get("protocol_hash"), "reference": mv.extra.get("reference_key"),
-                      "extractor_checksum": mv.extra.get("extractor_checksum"), "device_name": env["device_name"]}
         notes = json.dumps(to_jsonable(mv.extra), sort_keys=True, default=str)
         if args.notes:
             notes = f"{args.notes}; {notes}"
@@ -224,7 +221,8 @@ def write_rows(args: argparse.Namespace, metrics: dict[str, Any], base: dict[str
             git_dirty=env["git_dirty"], **base, metric=name, value=float(mv.value), std=mv.std,
             n=mv.n if mv.n is not None else n_videos, unit=mv.unit, higher_is_better=mv.higher_is_better,
             protocol=mv.protocol, device_name=env["device_name"], torch_version=env["torch_version"],
-            cuda_version=env["cuda_version"], config_hash=stable_hash(comparable), notes=notes,
+            cuda_version=env["cuda_version"], notes=notes,
+            config_hash=config_hash({**base, "metric": name, "protocol": mv.protocol}, env, extra=mv.extra),
         ))
     writer.append(rows)
     writer.write_meta({"command": "evaluate", "argv": sys.argv[1:], "args": vars(args) | {"func": None},

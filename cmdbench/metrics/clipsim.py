@@ -18,6 +18,7 @@ Definition (CMD §8.3, following Make-A-Video / VideoLDM; ``evaluation-protocols
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -263,6 +264,9 @@ class CLIPSIM:
         if batch_size < 1:
             raise ValueError(f"CLIPSIM batch_size must be >= 1, got {batch_size}")
         self.clip = clip_model if clip_model is not None else load_clip(weights, device=device)
+        # The protocol names the model that ran: "clip-vit-b32/..." for ViT-B/32, the architecture otherwise.
+        model = re.sub(r"[^a-z0-9]+", "-", self.clip.model_name.lower().replace("/", "")).strip("-")
+        self.protocol = f"clip-{model.removeprefix('clip-')}/every-frame/clip-preprocess"
         self.batch_size = batch_size
         self.truncate = truncate
         self.bootstrap = bootstrap

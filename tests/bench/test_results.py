@@ -9,8 +9,12 @@ from cmdbench.bench.results import (
     COLUMNS,
     RecordWriter,
     ResultsSchemaError,
+    config_hash,
+    decode_values,
+    encode_values,
     load_records,
     make_row,
+    metric_kind,
     read_csv,
     validate,
     write_table_csv,
@@ -123,3 +127,79 @@ def test_write_table_csv_round_trip(tmp_path):
     path = write_table_csv(df, tmp_path / "t" / "paper.csv")
     back = read_csv(path)
     pd.testing.assert_frame_equal(back, df)
+
+
+# --- Raw repeats (the ``values`` column) ----------------------------------------------------------------
+
+
+def test_values_round_trip_exactly_and_old_files_without_the_column_read(records_dir):
+    raw = [0.1 + 0.2, 1 / 3, 2.5e-7]
+    w = RecordWriter(records_dir, "r1")
+    w.append([row(values=raw), row(metric="peak_memory")])
+    df = read_csv(w.csv_path)
+    assert decode_values(df["values"][0]) == tuple(raw)  # repr round trip: bit-exact floats
+    assert decode_values(df["values"][1]) == ()
+    old = records_dir / "old.csv"
+    pd.DataFrame([row()]).drop(columns=["values"]).to_csv(old, index=False)
+    assert read_csv(old)["values"].isna().all()
+
+
+def test_values_are_validated():
+    with pytest.raises(ResultsSchemaError, match="NaN or inf"):
+        row(values=[1.0, float("nan")])
+    with pytest.raises(ResultsSchemaError, match="column 'values' row 0"):
+        validate(pd.DataFrame([{**row(), "values": "[1.0, 'x']"}]))
+    assert encode_values([]) is None and encode_values(None) is None
+
+
+def test_appending_to_a_file_from_before_the_values_column_upgrades_its_header(records_dir):
+    path = records_dir / "r1.csv"
+    pd.DataFrame([row(value=1.0)]).drop(columns=["values"]).to_csv(path, index=False)
+    w = RecordWriter(records_dir, "r1")
+    w.append([row(value=2.0, values=[2.0, 2.1, 1.9])])
+    df = read_csv(path)
+    assert list(df["value"]) == [1.0, 2.0] and decode_values(df["values"][1]) == (2.0, 2.1, 1.9)
+
+
+# --- Identity --------------------------------------------------------------------------------------------
+
+ENV = {"device": "cpu", "tf32_matmul": False, "tf32_cudnn": True, "float32_matmul_precision": "highest",
+       "device_name": "cpu: A (2 threads, mkl)"}
+
+
+def test_metric_kind():
+    assert [metric_kind(m) for m in ("sampling_time", "stage_time/denoiser", "kernel_time/frechet_d400",
+                                     "peak_memory", "predicted_peak_memory/denoiser", "tmacs_paper", "params",
+                                     "fvd2048_16f", "clipsim")] == \
+        ["timed", "timed", "timed", "memory", "exact", "exact", "exact", "quality", "quality"]
+
+
+def test_config_hash_seeds_count_for_quality_not_for_cost():
+    time_a = config_hash(row(seeds="0-7"), ENV)
+    assert config_hash(row(seeds="100-107"), ENV) == time_a  # a timing does not depend on the seeds
+    assert config_hash(row(seeds="0-7"), ENV, samples={"prompts": ["x"]}) == time_a
+    fvd = dict(row(metric="fvd2048_16f", seeds="0-7"))
+    assert config_hash({**fvd, "seeds": "100-107"}, ENV) != config_hash(fvd, ENV)
+    assert config_hash(fvd, ENV, samples={"prompts": ["x"]}) != config_hash(fvd, ENV, samples={"prompts": ["y"]})
+
+
+@pytest.mark.parametrize("change", [
+    {"extra": {"extractor_checksum": "other"}}, {"extra": {"reference_key": "ucf-test"}},
+    {"extra": {"protocol_hash": "p2"}}, {"extra": {"weights_sha256": "clip2"}},
+    {"env": {"device": "cuda:0"}}, {"env": {"tf32_matmul": True}}, {"env": {"float32_matmul_precision": "high"}},
+    {"row": {"dtype": "float16"}}, {"row": {"protocol": "tats"}}, {"row": {"steps": 50}},
+    {"context": {"tiny": True}},
+])
+def test_config_hash_covers_what_makes_numbers_comparable(change):
+    fvd = dict(row(metric="fvd2048_16f", protocol="stylegan-v", dtype="float32"))
+    extra = {"extractor_checksum": "e1", "reference_key": "ucf-train", "protocol_hash": "p1", "weights_sha256": "c1"}
+    base = config_hash(fvd, ENV, extra=extra)
+    h = config_hash({**fvd, **change.get("row", {})}, {**ENV, **change.get("env", {})},
+                    extra={**extra, **change.get("extra", {})}, context=change.get("context"))
+    assert h != base
+
+
+def test_config_hash_leaves_out_the_concrete_device_and_run_state():
+    base = config_hash(row(), ENV)
+    assert config_hash(row(run_id="r9", git_sha="b" * 40, created_utc="2030"), {**ENV, "device_name": "cpu: B",
+                                                                                 "device": "cpu"}) == base

@@ -89,9 +89,11 @@ def sampled_seeds(monkeypatch):
 def test_rows_meta_and_metric_parity(records_dir):
     cfg = config(seeds="0-2")  # batches [0, 1], [2]
     df = run_bench(cfg, records_dir, run_id="r", progress=False)
-    assert sorted(df["metric"]) == ["peak_memory", "sampling_time", "stage_time_denoiser",
-                                    "stage_time_text_encoder", "test-mean-level"]
-    assert set(df["seeds"]) == {"0-2"} and set(df["n"]) == {3}
+    assert sorted(df["metric"]) == ["peak_memory", "sampling_time", "stage_time/denoiser",
+                                    "stage_time/text_encoder", "test-mean-level", "time_per_step"]
+    by = df.set_index("metric")
+    assert set(df["seeds"]) == {"0-2"} and by.loc["test-mean-level", "n"] == 3
+    assert by.loc["sampling_time", "n"] == 2  # timed repeats: one per batch ([0, 1], [2])
     assert set(df["num_frames"]) == {4} and set(df["steps"]) == {1} and set(df["guidance_scale"]) == {3.0}
     assert df["config_hash"].is_unique
     assert (df.loc[df["metric"] != "test-mean-level", "value"] >= 0).all()
@@ -228,7 +230,81 @@ def test_killed_subprocess_resumes_without_loss_or_duplication(records_dir):
     df = run_bench(cfg, records_dir, run_id="k", progress=False)
     pids = [json.loads((records_dir / "k.progress" / f"batch-{i:05d}.json").read_text())["pid"] for i in range(3)]
     assert pids == [killed_pid, os.getpid(), os.getpid()]  # batch 0 kept, not recomputed
-    assert sorted(df["metric"]) == ["peak_memory", "sampling_time", "stage_time_denoiser",
-                                    "stage_time_text_encoder"]
-    assert len(read_csv(records_dir / "k.csv")) == 4
+    assert sorted(df["metric"]) == ["peak_memory", "sampling_time", "stage_time/denoiser",
+                                    "stage_time/text_encoder", "time_per_step"]
+    assert len(read_csv(records_dir / "k.csv")) == 5
     assert not list(Path(records_dir).rglob("*.tmp"))
+
+
+# --- Metric names, raw repeats, identity (issue 10 items 5 and 6) -------------------------------------------
+
+
+def test_timed_rows_keep_raw_repeats_per_video(records_dir):
+    from cmdbench.bench.results import decode_values
+
+    cfg = config(seeds="0-4", metrics=())  # batches [0, 1], [2, 3], [4]
+    df = run_bench(cfg, records_dir, run_id="r", progress=False).set_index("metric")
+    batches = [json.loads((records_dir / "r.progress" / f"batch-{i:05d}.json").read_text()) for i in range(3)]
+    per_video = [b["time_s"] / len(b["seeds"]) for b in batches]
+    assert decode_values(df.loc["sampling_time", "values"]) == pytest.approx(per_video, rel=1e-12)
+    assert df.loc["sampling_time", "value"] == pytest.approx(sorted(per_video)[1])
+    assert df.loc["sampling_time", "n"] == 3 and df.loc["sampling_time", "unit"] == "s/video"
+    den = [b["stage_times_s"]["denoiser"] / len(b["seeds"]) for b in batches]
+    assert decode_values(df.loc["stage_time/denoiser", "values"]) == pytest.approx(den, rel=1e-12)
+    assert decode_values(df.loc["time_per_step", "values"]) == pytest.approx(den, rel=1e-12)  # 1 step
+    assert df.loc["time_per_step", "unit"] == "s/step"
+    # Absolute peak (weights and runtime included), not a delta after warm-up: at least this process's RSS.
+    from cmdbench.metrics.efficiency import current_rss
+
+    assert df.loc["peak_memory", "unit"] == "GiB" and df.loc["peak_memory", "protocol"] == "cpu-rss"
+    assert df.loc["peak_memory", "value"] > 0.5 * current_rss() / 2**30
+
+
+def test_vae_decoder_generators_also_report_time_without_it(records_dir):
+    from cmdbench.bench.results import decode_values
+
+    cfg = BenchConfig(generator="modelscope-t2v", seeds="0-2", tiny=True, trackers=("time",),
+                      sampling=SamplingConfig(num_frames=2, height=16, width=16, steps=1, batch_size=1))
+    df = run_bench(cfg, records_dir, run_id="m", progress=False).set_index("metric")
+    total = decode_values(df.loc["sampling_time", "values"])
+    vae = decode_values(df.loc["stage_time/vae_decoder", "values"])
+    excl = decode_values(df.loc["sampling_time_excl_vae_decoder", "values"])
+    assert excl == pytest.approx([t - v for t, v in zip(total, vae, strict=True)], rel=1e-9)
+
+
+def test_cost_rows_pair_across_seed_ranges_quality_rows_do_not(records_dir):
+    a = run_bench(config(seeds="0-1"), records_dir, run_id="a", progress=False).set_index("metric")
+    b = run_bench(config(seeds="10-11"), records_dir, run_id="b", progress=False).set_index("metric")
+    for metric in ("sampling_time", "stage_time/denoiser", "peak_memory"):
+        assert a.loc[metric, "config_hash"] == b.loc[metric, "config_hash"], metric
+    assert a.loc["test-mean-level", "config_hash"] != b.loc["test-mean-level", "config_hash"]
+
+
+def test_plugin_generators_record_package_version_and_git_sha(records_dir, tmp_path, monkeypatch):
+    """A distribution on sys.path with a ``cmdbench.generators`` entry point and a VCS direct_url."""
+    site = tmp_path / "site"
+    (site / "myplug").mkdir(parents=True)
+    (site / "myplug" / "__init__.py").write_text("")
+    (site / "myplug" / "gen.py").write_text(textwrap.dedent("""
+        from cmdbench.registry import GENERATORS
+        def build(spec):
+            return GENERATORS.get("tiny-unet3d")(spec)
+    """))
+    info = site / "myplug-1.2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 1.2.0\n")
+    (info / "entry_points.txt").write_text("[cmdbench.generators]\nmyplug = myplug.gen\n")
+    (info / "direct_url.json").write_text(json.dumps(
+        {"url": "https://example.org/myplug.git", "vcs_info": {"vcs": "git", "commit_id": "c0ffee" * 6 + "1234"}}))
+    monkeypatch.syspath_prepend(str(site))
+    from myplug.gen import build
+
+    from cmdbench.env import generator_provenance
+
+    assert generator_provenance(build) == {"package": "myplug", "version": "1.2.0", "git_sha": "c0ffee" * 6 + "1234"}
+    assert generator_provenance(GENERATORS.get("tiny-unet3d")) is None  # this project's own
+    if "myplug-test" not in GENERATORS:
+        GENERATORS.register("myplug-test", build, description="test plugin")
+    df = run_bench(config(generator="myplug-test", seeds="0", metrics=()), records_dir, run_id="p", progress=False)
+    assert all("plugin myplug 1.2.0 (git c0ffee" in n for n in df["notes"])
+    assert json.loads((records_dir / "p.json").read_text())["plugin"]["package"] == "myplug"

@@ -29,17 +29,30 @@ def test_pivot_shapes_and_values():
     df = frame(record(generator="a", metric="sampling_time", value=1.5),
                record(generator="a", metric="peak_memory", value=2.0, unit="GiB"),
                record(generator="b", metric="sampling_time", value=3.0))
-    t = pivot(df, "generator", "metric")
+    t = pivot(df, "generator", "metric", units=False)
     assert list(t.columns) == ["generator", "peak_memory", "sampling_time"]
     assert t.set_index("generator").loc["a", "sampling_time"] == 1.5
     assert math.isnan(t.set_index("generator").loc["b", "peak_memory"])
+
+
+def test_pivot_labels_metrics_with_units_and_separates_two_meanings():
+    df = frame(record(generator="a", metric="sampling_time", value=1.5, unit="s/video"),
+               record(generator="a", metric="peak_memory", value=2.0, unit="GiB"),
+               record(generator="b", metric="peak_memory", value=9.0, unit="GB"))
+    t = pivot(df, "generator", "metric")
+    assert list(t.columns) == ["generator", "peak_memory [GB]", "peak_memory [GiB]", "sampling_time [s/video]"]
+    assert t.set_index("generator").loc["b", "peak_memory [GB]"] == 9.0
+    rows = pivot(df, "metric", "generator")  # metric as rows: labelled too
+    assert list(rows["metric"]) == ["peak_memory [GB]", "peak_memory [GiB]", "sampling_time [s/video]"]
+    assert list(pivot(df, ["metric", "unit"], "generator")["metric"]) == ["peak_memory", "peak_memory",
+                                                                       "sampling_time"]
 
 
 def test_pivot_refuses_silent_aggregation():
     df = frame(record(value=1.0, run_id="r1"), record(value=3.0, run_id="r2"))
     with pytest.raises(TableError, match="2 records share a cell"):
         pivot(df, "generator", "metric")
-    assert pivot(df, "generator", "metric", aggfunc="mean")["sampling_time"][0] == 2.0
+    assert pivot(df, "generator", "metric", aggfunc="mean")["sampling_time [s]"][0] == 2.0
 
 
 def test_pivot_unknown_column_and_empty():
