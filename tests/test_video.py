@@ -8,14 +8,18 @@ import torch
 
 from cmdbench.video import (
     VideoFormatError,
+    codec_round_trip,
     float_to_uint8,
     frame_grid,
     frame_stride,
+    mp4_storage,
     read_video,
     resize_video,
     save_frame_grid,
+    storage_of,
     uint8_to_float,
     validate_video,
+    video_file_info,
     write_mp4,
 )
 
@@ -78,10 +82,58 @@ def test_mp4_round_trip(tmp_path):
     assert torch.equal(read_video(path, [0, 5]), read_video(path)[[0, 5]])
 
 
-def test_mp4_odd_size_is_padded_not_cropped(tmp_path):
-    v = moving_square(t=3, h=15, w=21)
-    back = read_video(write_mp4(tmp_path / "odd.mp4", v))
-    assert back.shape == (3, 3, 16, 22)
+@pytest.mark.parametrize(("h", "w"), [(33, 47), (15, 21), (32, 47), (33, 64)])
+def test_mp4_keeps_odd_sizes_exactly(tmp_path, h, w):
+    # yuv420p needs even sides: the writer pads by edge replication and records the size; the reader crops back
+    v = moving_square(t=3, h=h, w=w)
+    path = write_mp4(tmp_path / "odd.mp4", v)
+    back = read_video(path)
+    assert back.shape == v.shape
+    assert (back.float() - v.float()).abs().mean() < 6.0  # the padding was cropped, not the picture
+    assert video_file_info(path)["tag"]["height"] == h and video_file_info(path)["height"] == h + h % 2
+    assert torch.equal(read_video(path, [2]), back[[2]])
+
+
+def test_a_foreign_mp4_is_never_cropped(tmp_path):
+    # an mp4 without cmdbench's size tag (another writer) is returned as decoded
+    import av
+
+    path = tmp_path / "foreign.mp4"
+    with av.open(str(path), mode="w", format="mp4") as c:
+        stream = c.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 48, 34, "yuv420p"
+        for frame in moving_square(t=2, h=34, w=48).permute(0, 2, 3, 1).numpy():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    assert read_video(path).shape == (2, 3, 34, 48)
+    assert storage_of(path) == "mp4 h264 yuv420p (crf unknown)"
+
+
+@pytest.mark.parametrize(("h", "w", "pix_fmt"), [(32, 64, "yuv420p"), (33, 47, "yuv420p"), (20, 30, "yuv444p")])
+def test_codec_round_trip_equals_write_then_read(tmp_path, h, w, pix_fmt):
+    # the in-memory round trip gives exactly the pixels sample (write_mp4) + evaluate (read_video) give
+    rng = torch.Generator().manual_seed(0)
+    videos = torch.stack([moving_square(t=6, h=h, w=w), torch.randint(0, 256, (6, 3, h, w), generator=rng,
+                                                                      dtype=torch.uint8)])
+    trip = codec_round_trip(videos, crf=18, pix_fmt=pix_fmt)
+    assert trip.shape == videos.shape and trip.dtype == torch.uint8
+    for i in range(2):
+        path = write_mp4(tmp_path / f"{i}.mp4", videos[i], crf=18, pix_fmt=pix_fmt)
+        assert torch.equal(trip[i], read_video(path))
+        assert storage_of(path) == mp4_storage(crf=18, pix_fmt=pix_fmt)
+    # and it is a real codec pass: the noise video loses several grey levels, the simple one stays close
+    assert (trip[1].float() - videos[1].float()).abs().mean() > 5.0
+    assert (trip[0].float() - videos[0].float()).abs().mean() < 3.0
+
+
+def test_codec_settings_are_checked():
+    v = moving_square(t=2)[None]
+    with pytest.raises(ValueError, match="pix_fmt 'rgb24'"):
+        codec_round_trip(v, pix_fmt="rgb24")
+    with pytest.raises(ValueError, match="crf 60"):
+        codec_round_trip(v, crf=60)
 
 
 def test_read_video_errors(tmp_path):
