@@ -115,8 +115,9 @@ def read_chosen_frames(
 ) -> tuple[torch.Tensor, SourceInfo]:
     """Open a source once, let ``choose(info)`` pick frame indices from its length and fps, decode them.
 
-    Returns uint8 ``(len(indices), 3, H, W)`` RGB and the :class:`SourceInfo`. ``choose`` may raise
-    :class:`UnreadableVideoError` (e.g. a source too short for the wanted window). ``num_threads``:
+    Returns uint8 ``(len(indices), 3, H, W)`` RGB (for video files a channels-last view of the decoded
+    ``(T, H, W, 3)`` array, not copied: call ``.contiguous()`` where needed) and the :class:`SourceInfo`.
+    ``choose`` may raise :class:`UnreadableVideoError` (e.g. a source too short for the window). ``num_threads``:
     decoder threads for video files (1 inside DataLoader workers, which already use every core).
     """
     path = Path(path)
@@ -151,7 +152,7 @@ def read_chosen_frames(
         frames = None
     if frames is None or frames.ndim != 4 or frames.shape[-1] != 3:
         return read_frames(path, indices), info  # PyAV fallback inside read_video
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(), info
+    return torch.from_numpy(frames).permute(0, 3, 1, 2), info
 
 
 def _chosen(path: Path, choose: Callable[[SourceInfo], Sequence[int]], info: SourceInfo) -> list[int]:

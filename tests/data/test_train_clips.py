@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cmdbench.data import readers, synthetic, train_clips
-from cmdbench.data.clips import VideoSource
+from cmdbench.data.clips import VideoSource, crop_resize
 from cmdbench.data.epoch_order import EpochOrder
 from cmdbench.data.policy import DatasetError
 from cmdbench.data.readers import SourceInfo
@@ -164,7 +164,19 @@ def test_fps_rounding_is_documented_nearest_halves_up():
 
 def test_clips_are_cropped_and_resized(counters):
     clip = _single(counters, "c40.avi", TrainClipSpec(num_frames=2, size=(8, 8)))[ClipKey(0, 0, 0)]
-    assert clip.video.dtype == torch.uint8 and clip.video.shape == (2, 3, 8, 8)
+    assert clip.video.dtype == torch.uint8 and clip.video.shape == (2, 3, 8, 8) and clip.video.is_contiguous()
+
+
+@pytest.mark.parametrize("shape,size", [((3, 3, 48, 80), (16, 16)), ((2, 3, 90, 40), (24, 32)),
+                                        ((2, 3, 64, 64), (64, 64)), ((2, 3, 37, 53), (20, 10))])
+def test_uint8_crop_resize_matches_the_float_crop_resize(shape, size):
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(shape, generator=g) * 255, 3, 1, 1)  # some structure
+    video = smooth.round().to(torch.uint8)
+    ref = crop_resize(video, size)
+    out = train_clips.crop_resize_uint8(video.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), size)
+    assert out.shape == ref.shape and out.dtype == torch.uint8
+    assert (out.int() - ref.int()).abs().max() <= 1
 
 
 # --- epochs, loader, resume ------------------------------------------------------------------------------
