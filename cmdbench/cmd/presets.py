@@ -355,10 +355,18 @@ def check_pipeline_matches(pipe: CMDPipeline, preset: CMDPreset, source: str) ->
             norm = (lambda v: list(v) if isinstance(v, (list, tuple)) else v)  # noqa: E731
             if norm(have) != norm(value):
                 problems.append(f"{component}.{key}={have!r} (preset {preset.name} needs {value!r})")
-    for component in ("text_encoder", "vae"):
-        if (getattr(pipe, component) is None) != (getattr(expected, component) is None):
-            need = "needs" if getattr(expected, component) is not None else "has no"
+    frozen_keys = {"text_encoder": ("hidden_size", "num_hidden_layers"), "vae": ("latent_channels", "block_out_channels")}
+    for component, keys in frozen_keys.items():
+        got, want = getattr(pipe, component), getattr(expected, component)
+        if (got is None) != (want is None):
+            need = "needs" if want is not None else "has no"
             problems.append(f"{component}: the preset {need} one")
+            continue
+        for key in keys if got is not None else ():
+            have, value = getattr(got.config, key, None), getattr(want.config, key, None)
+            if (list(have) if isinstance(have, (list, tuple)) else have) != (
+                    list(value) if isinstance(value, (list, tuple)) else value):
+                problems.append(f"{component}.{key}={have!r} (preset {preset.name} needs {value!r})")
     if problems:
         raise CheckpointMismatchError(
             f"checkpoint {source} does not match preset {preset.name}: " + "; ".join(problems[:12])
@@ -367,7 +375,17 @@ def check_pipeline_matches(pipe: CMDPipeline, preset: CMDPreset, source: str) ->
 
 
 def load_pipeline(preset: CMDPreset, checkpoint: str, device: str, dtype: torch.dtype) -> CMDPipeline:
-    """``CMDPipeline.from_pretrained(checkpoint)`` offline, checked against ``preset``."""
+    """``CMDPipeline.from_pretrained(checkpoint)`` offline, checked against ``preset`` (full size or a
+    miniature, as :func:`make_generator` chose)."""
+    from pathlib import Path
+
+    folder = Path(checkpoint)
+    if (folder / "train_config.json").is_file() or (folder.parent.name == "final" and (folder / "config.json").is_file()):
+        raise FileNotFoundError(
+            f"{preset.name}: {checkpoint!r} is the output of one training stage, not a sampling pipeline; join the "
+            "three stages first with `cmdbench train assemble --autoencoder DIR --content DIR --motion DIR --out OUT` "
+            "and pass OUT"
+        )
     try:
         pipe = CMDPipeline.from_pretrained(checkpoint, local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError) as err:
@@ -563,20 +581,36 @@ def parameter_counts(pipe: CMDPipeline) -> dict[str, int]:
 
 
 def make_generator(preset: CMDPreset, spec: GeneratorSpec) -> CMDGenerator:
-    """Factory body shared by every preset (see the module docstring for tiny / None / path)."""
-    if spec.tiny:
-        if spec.checkpoint is not None:
-            raise ValueError(f"{preset.name}: tiny=True builds random weights; do not pass a checkpoint")
+    """Factory body shared by every preset (see the module docstring for tiny / None / path).
+
+    A checkpoint folder written by ``cmdbench train assemble`` names its preset and whether it holds the
+    trained miniature (``cmdbench_assembly.json``); a miniature-trained folder loads as ``miniature(preset)``,
+    with or without ``tiny=True``. ``tiny=True`` with any other folder checks it against the miniature.
+    """
+    if spec.checkpoint is not None:
+        from cmdbench.cmd.assemble import read_assembly
+
+        meta = read_assembly(spec.checkpoint)
+        trained_tiny = meta is not None and (bool(meta.get("tiny")) or meta.get("preset") == TINY.name)
+        if meta is not None and meta.get("preset") != preset.name:
+            raise CheckpointMismatchError(
+                f"{preset.name}: checkpoint {spec.checkpoint!r} was assembled from {meta.get('preset')} runs; "
+                f"load it as {meta.get('preset')}"
+            )
+        if spec.tiny and meta is not None and not trained_tiny:
+            raise CheckpointMismatchError(
+                f"{preset.name}: checkpoint {spec.checkpoint!r} holds full-size weights; drop tiny / --tiny"
+            )
+        chosen = miniature(preset) if spec.tiny or trained_tiny else preset
+        pipe = load_pipeline(chosen, spec.checkpoint, spec.device, spec.torch_dtype)
+    elif spec.tiny:
         chosen = miniature(preset)
         with torch.random.fork_rng(devices=[]):  # same miniature weights in every process; global RNG untouched
             torch.manual_seed(0)
             pipe = build_pipeline(chosen, spec.device, spec.torch_dtype)
-    elif spec.checkpoint is None:
-        chosen = preset
-        pipe = build_pipeline(chosen, spec.device, spec.torch_dtype)
     else:
         chosen = preset
-        pipe = load_pipeline(preset, spec.checkpoint, spec.device, spec.torch_dtype)
+        pipe = build_pipeline(chosen, spec.device, spec.torch_dtype)
     return CMDGenerator(chosen, pipe, spec)
 
 
