@@ -155,6 +155,36 @@ KNOWN: dict[str, WeightFile] = {
             manual="`python -c \"import clip; clip.load('ViT-B/32', device='cpu')\"` also downloads it, into ~/.cache/clip",
             also_in=("~/.cache/clip",),
         ),
+        # LPIPS backbones (the autoencoder's optional perceptual term, cmdbench.cmd.training.build_lpips). The
+        # lpips package's own linear layers ship in its wheel; the ImageNet backbones are torchvision's files.
+        WeightFile(
+            name="torchvision_alexnet_imagenet1k_v1",
+            filename="alexnet-owt-7be5be79.pth",
+            description="torchvision AlexNet ImageNet-1k (AlexNet_Weights.IMAGENET1K_V1): the backbone of LPIPS 'alex'",
+            urls=("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",),
+            sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+            sha256_source=(
+                "torchvision's weight listing names the file by its sha256 prefix 7be5be79 (torch.hub checks it); "
+                "the full value as recorded by several independent public manifests of the same URL"
+            ),
+            size=244_408_911,
+            licence="torchvision: BSD-3-Clause; ImageNet-trained weights, see the torchvision model docs",
+            also_in=("~/.cache/torch/hub/checkpoints",),
+        ),
+        WeightFile(
+            name="torchvision_vgg16_imagenet1k_v1",
+            filename="vgg16-397923af.pth",
+            description="torchvision VGG-16 ImageNet-1k (VGG16_Weights.IMAGENET1K_V1): the backbone of LPIPS 'vgg'",
+            urls=("https://download.pytorch.org/models/vgg16-397923af.pth",),
+            sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+            sha256_source=(
+                "torchvision's weight listing names the file by its sha256 prefix 397923af (torch.hub checks it); "
+                "the full value as recorded by several independent public manifests of the same URL"
+            ),
+            size=553_433_881,
+            licence="torchvision: BSD-3-Clause; ImageNet-trained weights, see the torchvision model docs",
+            also_in=("~/.cache/torch/hub/checkpoints",),
+        ),
     )
 }
 

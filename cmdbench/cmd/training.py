@@ -1,57 +1,87 @@
 """Training CMD's three stages with accelerate (Yu et al., ICLR 2024, §3.2, App. B.3, Tables 5-7).
 
 Stages and losses (paper):
-- ``autoencoder``: reconstruction, ``||x − g(f(x))||²`` (ℓ2; ``ae_loss="l1"`` optional). In latent mode
-  ``x`` is the clip of SD VAE latents (each frame encoded, times the VAE's scaling factor). Adam, lr 1e-5,
-  betas (0.5, 0.9), no weight decay (App. B.3).
+- ``autoencoder``: reconstruction, ``||x − g(f(x))||²`` (ℓ2; ``ae_loss="l1"`` optional), plus an optional
+  LPIPS term ``lpips_weight · mean_l LPIPS(x_l, x̂_l)`` over frames (pixel mode only; the authors' release
+  trains with one). In latent mode ``x`` is the clip of SD VAE latents (each frame encoded, times the VAE's
+  scaling factor). Adam, lr 1e-5, betas (0.5, 0.9), no weight decay (App. B.3).
 - ``content``: ε-prediction ``||ε − ε_θI(x̄_t, c, t)||²`` on content frames ``x̄`` from the frozen
   autoencoder (Eq. 7), with the content model's noise schedule (SD's for the UNet, DiT's linear one for the
   pixel DiT). Adam, lr 1e-4, betas (0.9, 0.999).
 - ``motion``: ε-prediction ``||ε − ε_θM(z_t, c, x̄, t)||²`` on motion latents ``z`` with the clean
   content frame ``x̄`` as a dense condition (Eq. 8), DiT's linear schedule. Adam, lr 1e-4, betas (0.9, 0.999).
+  Text features enter the motion DiT as a masked mean over the prompt's tokens
+  (``CMDPipeline.encode_prompt_with_mask``), as at sampling time.
 Both diffusion stages drop the condition with probability ``cond_dropout`` (0.1): the null class
 (index ``num_classes``) or the empty prompt "", so classifier-free guidance works at sampling time.
+``x_t = sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε`` with ``t`` uniform in ``0..999`` (diffusers' ``DDPMScheduler``
+built from the stage's entry of ``presets.SCHEDULES``; the sampler uses the same entry).
 
 Mechanics: ``accelerate.Accelerator`` (one GPU, or ``accelerate launch`` over many; ``mixed_precision``
-"no" | "fp16" | "bf16"), gradient-norm clipping (1.0), diffusers ``EMAModel`` (decay 0.999 per the paper,
-with diffusers' built-in ``(1 + n)/(10 + n)`` ramp over the first steps). Checkpoints are
-``accelerator.save_state`` folders (model, optimizer, EMA, every RNG) plus ``step.json``; a run restarted
-with the same config resumes from the newest one and continues exactly: the data order is a function of
-``(seed, step, rank)`` only, and the noise, timesteps and dropout come from the restored RNGs.
+"no" | "fp16" | "bf16"; the frozen encoders (text encoder, SD VAE, CMD autoencoder) also run under autocast,
+losses are reduced in float32). Gradient accumulation with ``accelerator.accumulate``: an optimizer step
+sees ``batch_size x processes x gradient_accumulation_steps`` clips (the *global batch*, which a config may
+state directly as ``global_batch_size``); gradient-norm clipping (1.0), the optimizer step, diffusers'
+``EMAModel`` step (decay 0.999 per the paper, with diffusers' ``(1 + n)/(10 + n)`` warm-up), step counting
+and checkpoints all happen per optimizer step. Checkpoints are ``accelerator.save_state`` folders (model,
+optimizer, EMA, every RNG) plus ``step.json``; a run restarted with the same config resumes from the newest
+one and continues exactly: the data order is a function of ``(seed, micro-step, rank)`` only, and the noise,
+timesteps and dropout come from the restored RNGs.
 
-The dataset is any sequence of items with ``video`` (uint8 ``(T, 3, H, W)``) and ``condition`` (caption
-str, class int, or None), e.g. ``cmdbench.data.datasets.folder`` (the ``cmdbench train`` command builds it;
-this module imports only the core and the CMD networks).
+Data. The loop consumes an iterator of batches, made for the resumed micro-step by a *batch source*
+``source(start_step=, rank=, world_size=, batch_size=) -> Iterator[batch]``:
+- pixel batches with ``videos`` (uint8 ``(B, T, 3, H, W)``), ``conditions``, ``ids`` and ``replaced`` (the
+  clips that failed to decode and were replaced, ``cmdbench.data.policy.SkippedItem``), e.g. the training
+  clip loader of ``cmdbench.data``; or
+- latent batches with ``content`` ``(B, C, h, w)``, ``motion`` ``(B, D, L, W_m)`` and ``conditions``.
+An in-memory ``Sequence`` of items (``(video, condition)`` pairs, or ``ClipItem`` / ``SkippedClip`` of a
+``ClipDataset``) is wrapped by :func:`sequence_batches` (or, with ``precompute_latents``, a
+:class:`LatentCache`). Every replaced clip is logged and appended to ``<output_dir>/skipped.jsonl``.
+
+Run records in ``output_dir``: ``train_config.json``, ``run_info.json`` (processes, accumulation, global
+batch), ``skipped.jsonl``, ``checkpoints/step-N/``, and at the end ``final/<component>`` (EMA weights),
+``final/<component>_raw``, ``final/stage.json`` (steps and weight digests) and, for the diffusion stages,
+``final/frozen/{text_encoder,tokenizer,vae}``: the frozen parts the stage trained with, which
+``cmdbench.cmd.assemble`` puts into the sampling pipeline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
 from cmdbench.cmd.autoencoder import CMDAutoencoder
+from cmdbench.cmd.latents import encode_clips, sample_seed, videos_to_model_space
 from cmdbench.cmd.pipeline import CMDPipeline
-from cmdbench.cmd.presets import PRESETS, SCHEDULES, CMDPreset, build_pipeline, miniature
+from cmdbench.cmd.presets import PRESETS, SCHEDULES, TINY, CMDPreset, build_pipeline, miniature
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("autoencoder", "content", "motion")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+AUTOCAST_DTYPE = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 AE_LOSSES = ("l2", "l1")
+LPIPS_NETS = ("alex", "vgg")
+# "imagenet": torchvision's ImageNet backbone from the cmdbench weights cache (the LPIPS definition);
+# "random": an untrained backbone, only for tests of the plumbing (the numbers are not LPIPS).
+LPIPS_BACKBONES = ("imagenet", "random")
+LPIPS_WEIGHTS = {"alex": "torchvision_alexnet_imagenet1k_v1", "vgg": "torchvision_vgg16_imagenet1k_v1"}
 # Paper optimisers (App. B.3): autoencoder Adam 1e-5 (0.5, 0.9); diffusion models Adam 1e-4 (0.9, 0.999).
 PAPER_OPTIMIZER = {
     "autoencoder": (1e-5, (0.5, 0.9)),
@@ -59,6 +89,13 @@ PAPER_OPTIMIZER = {
     "motion": (1e-4, (0.9, 0.999)),
 }
 COMPONENT = {"autoencoder": "autoencoder", "content": "content_model", "motion": "motion_model"}
+FROZEN_PARTS = ("text_encoder", "tokenizer", "vae")
+# Random frozen parts (miniatures without a Stable Diffusion folder) are built with this seed, whatever the
+# run's seed, so the content and motion runs of one miniature share them (as ``GeneratorSpec(tiny=True)`` does).
+FROZEN_RANDOM_SEED = 0
+STAGE_FILE = "stage.json"
+SKIPPED_FILE = "skipped.jsonl"
+RUN_INFO_FILE = "run_info.json"
 
 
 class TrainConfigError(ValueError):
@@ -70,16 +107,24 @@ class TrainConfig:
     """Everything that defines a training run; saved as ``train_config.json`` beside the checkpoints.
 
     stage: "autoencoder" | "content" | "motion". preset: a name in ``PRESETS``; ``tiny`` trains its
-    random miniature. dataset / data_dir / dataset_options: the dataset registry name (``folder``,
-    ``ucf101``, ``webvid``), its root and extra keyword options (used by ``cmdbench train``).
-    autoencoder: a trained ``CMDAutoencoder`` folder (or a CMD pipeline folder) for the diffusion stages.
+    random miniature (``cmd-tiny`` is one already). dataset / data_dir / dataset_options: the dataset
+    registry name (``folder``, ``ucf101``, ``webvid``), its root and extra keyword options (used by
+    ``cmdbench train``).
+    autoencoder: the trained autoencoder the diffusion stages encode with: its run's ``output_dir``, its
+    ``final/autoencoder`` folder, or a CMD pipeline folder (required unless the run is a miniature).
     init_from: a CMD pipeline folder whose components initialise the run (e.g. to continue a stage).
-    sd_checkpoint: a local Stable Diffusion folder: its UNet initialises the content model (fine-tuned
-    with no new parameters, Eq. 7), and its text encoder, tokenizer and VAE are used frozen.
-    batch_size: per process. learning_rate / adam_betas: ``None`` takes the paper's (``PAPER_OPTIMIZER``).
-    checkpoint_every: steps between checkpoints (the last step always checkpoints); ``keep_checkpoints``
-    newest ones are kept. precompute_latents: encode the dataset once with the frozen autoencoder and train
-    the diffusion stages from the cache (``latent_cache`` folder, default ``<output_dir>/latents``).
+    sd_checkpoint: a local Stable Diffusion folder (diffusers layout): its UNet initialises the content model
+    (fine-tuned with no new parameters, Eq. 7), and its text encoder, tokenizer and VAE are used frozen
+    (required for the full-size SD presets).
+    batch_size: per process and micro-step. gradient_accumulation_steps / global_batch_size: micro-steps per
+    optimizer step, or the global batch ``batch_size x processes x gradient_accumulation_steps`` it implies
+    (give either, or both when they agree). learning_rate / adam_betas: ``None`` takes the paper's.
+    max_steps / checkpoint_every: optimizer steps. ``keep_checkpoints`` newest checkpoints are kept.
+    lpips_weight / lpips_net / lpips_backbone: the autoencoder's optional LPIPS term (0 = off).
+    precompute_latents: encode the dataset once with the frozen autoencoder and train the diffusion stages
+    from the cache (``latent_cache`` folder, default ``<output_dir>/latents``).
+    content_run / assemble_to (motion stage): when both are set, the finished motion run is assembled with
+    the content run and ``autoencoder`` into a sampling pipeline folder ``assemble_to``.
     """
 
     stage: str
@@ -93,6 +138,8 @@ class TrainConfig:
     init_from: str | None = None
     sd_checkpoint: str | None = None
     batch_size: int = 1
+    gradient_accumulation_steps: int | None = None
+    global_batch_size: int | None = None
     max_steps: int = 1000
     learning_rate: float | None = None
     adam_betas: tuple[float, float] | None = None
@@ -106,9 +153,14 @@ class TrainConfig:
     seed: int = 0
     cond_dropout: float = 0.1
     ae_loss: str = "l2"
+    lpips_weight: float = 0.0
+    lpips_net: str = "alex"
+    lpips_backbone: str = "imagenet"
     precompute_latents: bool = False
     latent_cache: str | None = None
     log_every: int = 50
+    content_run: str | None = None
+    assemble_to: str | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> TrainConfigError:
@@ -125,6 +177,10 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "use a positive integer")
+        for name in ("gradient_accumulation_steps", "global_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise bad(name, "use a positive integer (or leave it unset)")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise bad("cond_dropout", "use a probability in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -135,8 +191,57 @@ class TrainConfig:
             object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
             if len(self.adam_betas) != 2:
                 raise bad("adam_betas", "use two numbers, e.g. [0.9, 0.999]")
-        if self.stage != "autoencoder" and self.precompute_latents and self.autoencoder is None:
-            raise TrainConfigError("precompute_latents needs a trained autoencoder: set TrainConfig.autoencoder")
+        self._check_lpips()
+        self._check_required_parts()
+        if self.assemble_to is not None and (self.stage != "motion" or self.content_run is None):
+            raise TrainConfigError(
+                "TrainConfig.assemble_to assembles the pipeline at the end of the motion stage: set stage='motion', "
+                "content_run=<the content run's output_dir> and autoencoder=<the autoencoder run>"
+            )
+
+    def _check_lpips(self) -> None:
+        if self.lpips_net not in LPIPS_NETS:
+            raise TrainConfigError(f"TrainConfig.lpips_net={self.lpips_net!r} is not allowed; use one of {LPIPS_NETS}")
+        if self.lpips_backbone not in LPIPS_BACKBONES:
+            raise TrainConfigError(
+                f"TrainConfig.lpips_backbone={self.lpips_backbone!r} is not allowed; use one of {LPIPS_BACKBONES} "
+                "('random' is for tests only: its values are not LPIPS)"
+            )
+        if self.lpips_weight < 0:
+            raise TrainConfigError(f"TrainConfig.lpips_weight={self.lpips_weight!r}: use a weight >= 0 (0 = off)")
+        if self.lpips_weight > 0 and self.stage != "autoencoder":
+            raise TrainConfigError(
+                f"TrainConfig.lpips_weight applies to the autoencoder stage only (stage is {self.stage!r}); set it to 0"
+            )
+        if self.lpips_weight > 0 and PRESETS[self.preset].latent_mode:
+            raise TrainConfigError(
+                f"TrainConfig.lpips_weight: preset {self.preset} trains the autoencoder on Stable Diffusion VAE "
+                "latents, and LPIPS compares RGB frames; decoding every training clip through the SD VAE is not "
+                "supported. Set lpips_weight=0 for this preset (the pixel preset cmd-ucf101-64 supports it)"
+            )
+
+    @property
+    def is_miniature(self) -> bool:
+        """Random miniatures (``tiny`` or ``cmd-tiny``) may train without the real frozen parts."""
+        return self.tiny or self.preset == TINY.name
+
+    def _check_required_parts(self) -> None:
+        """Full-size runs need their real parts: no silent training on random frozen networks."""
+        if self.is_miniature:
+            return
+        preset = PRESETS[self.preset]
+        if preset.latent_mode and self.sd_checkpoint is None:
+            raise TrainConfigError(
+                f"preset {self.preset} works in Stable Diffusion {preset.sd_version} latents: set "
+                f"sd_checkpoint to a local Stable Diffusion {preset.sd_version} folder in the diffusers layout "
+                "(text_encoder/, tokenizer/, vae/, unet/), or tiny=true for a random miniature"
+            )
+        if self.stage != "autoencoder" and self.autoencoder is None and self.init_from is None:
+            raise TrainConfigError(
+                f"the {self.stage} stage of {self.preset} learns the latents of a trained autoencoder: set "
+                "autoencoder to the autoencoder run's output_dir (or its final/autoencoder folder), trained with "
+                "`cmdbench train autoencoder`; or tiny=true for a random miniature"
+            )
 
     @property
     def optimizer(self) -> tuple[float, tuple[float, float]]:
@@ -146,6 +251,26 @@ class TrainConfig:
     def resolved_preset(self) -> CMDPreset:
         preset = PRESETS[self.preset]
         return miniature(preset) if self.tiny else preset
+
+    def accumulation(self, world_size: int) -> tuple[int, int]:
+        """``(gradient_accumulation_steps, global_batch_size)`` on ``world_size`` processes."""
+        per_micro = self.batch_size * world_size
+        accum, total = self.gradient_accumulation_steps, self.global_batch_size
+        if total is None:
+            accum = accum or 1
+            return accum, per_micro * accum
+        if total % per_micro:
+            raise TrainConfigError(
+                f"TrainConfig.global_batch_size={total} is not batch_size {self.batch_size} x {world_size} "
+                f"process(es) x a whole number of accumulation steps; use a multiple of {per_micro}, or change "
+                "batch_size"
+            )
+        if accum is not None and accum * per_micro != total:
+            raise TrainConfigError(
+                f"TrainConfig.global_batch_size={total} disagrees with batch_size {self.batch_size} x {world_size} "
+                f"process(es) x gradient_accumulation_steps {accum} = {accum * per_micro}; give one of the two"
+            )
+        return total // per_micro, total
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -175,72 +300,153 @@ class TrainConfig:
         return cls.from_dict(data, str(path))
 
 
-# --- Data ---------------------------------------------------------------------------------------------
+# --- Data: the in-memory path behind the batch-iterator shape -----------------------------------------------
 
 
 def sample_index(seed: int, global_position: int, n: int) -> int:
     """Dataset index at ``global_position`` of a seeded epoch-wise shuffle: a fresh permutation of ``n``
     per epoch, a function of ``(seed, position)`` only (so a resumed run sees the same order)."""
     epoch, offset = divmod(global_position, n)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return int(perm[offset])
+    return int(_epoch_permutation(seed, epoch, n)[offset])
+
+
+def _epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def batch_indices(cfg: TrainConfig, step: int, rank: int, world: int, n: int) -> list[int]:
-    """The ``batch_size`` dataset indices process ``rank`` trains on at ``step``."""
+    """The ``batch_size`` dataset indices process ``rank`` trains on at micro-step ``step``."""
     start = (step * world + rank) * cfg.batch_size
     return [sample_index(cfg.seed, start + j, n) for j in range(cfg.batch_size)]
 
 
-def _item(dataset: Sequence[Any], index: int) -> tuple[torch.Tensor, Any]:
+@dataclass
+class SequenceBatch:
+    """A pixel batch of an in-memory dataset. ``videos`` uint8 ``(B, T, 3, H, W)``; ``positions`` are the
+    global positions in the seeded order (they seed the per-clip VAE posterior noise)."""
+
+    videos: torch.Tensor
+    conditions: list[Any]
+    ids: list[str]
+    positions: list[int]
+    replaced: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class InMemoryLatentBatch:
+    """A latent batch: ``content`` float32 ``(B, C, h, w)``, ``motion`` float32 ``(B, D, L, W_m)``."""
+
+    content: torch.Tensor
+    motion: torch.Tensor
+    conditions: list[Any]
+    ids: list[str] = field(default_factory=list)
+
+
+BatchSource = Callable[..., Iterator[Any]]  # (start_step=, rank=, world_size=, batch_size=) -> batches
+
+
+def _read_item(dataset: Sequence[Any], index: int) -> tuple[torch.Tensor, Any, str] | Any:
+    """``(video, condition, id)`` of item ``index``, or a ``SkippedItem`` when the clip could not be read."""
+    from cmdbench.data.policy import SkippedItem
+
     item = dataset[index]
     video = getattr(item, "video", None)
-    if video is None:
-        if isinstance(item, tuple) and len(item) >= 2 and isinstance(item[0], torch.Tensor):
-            return item[0], item[1]
-        reason = getattr(item, "reason", "no video")
-        raise ValueError(f"dataset item {index} could not be read: {reason}")
-    return video, getattr(item, "condition", None)
+    if video is not None:
+        return video, getattr(item, "condition", None), str(getattr(item, "id", index))
+    if isinstance(item, tuple) and len(item) >= 2 and isinstance(item[0], torch.Tensor):
+        return item[0], item[1], str(index)
+    if hasattr(item, "reason"):  # cmdbench.data.clips.SkippedClip (skip policy)
+        return SkippedItem(str(getattr(item, "source", index)), str(item.reason), "decode")
+    raise TypeError(f"dataset item {index} is a {type(item).__name__}; expected (video, condition) or a ClipItem")
 
 
-def videos_to_model_space(videos: torch.Tensor, vae, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
-    """uint8 ``(B, T, 3, H, W)`` -> float ``(B, C, T, h, w)``: pixels in [-1, 1], or SD latents × scale."""
-    x = videos.float() / 127.5 - 1.0  # (B, T, 3, H, W)
-    if vae is None:
-        return x.permute(0, 2, 1, 3, 4)  # (B, 3, T, H, W)
-    b, t = x.shape[:2]
-    frames = x.reshape(b * t, *x.shape[2:]).to(vae.device, vae.dtype)
-    dist = vae.encode(frames).latent_dist
-    if generators is None:
-        lat = dist.sample()
-    else:  # per-sample noise: video i's latents depend only on its generator
-        lat = torch.cat([dist.mean[i * t:(i + 1) * t] + dist.std[i * t:(i + 1) * t]
-                         * torch.randn(dist.mean[i * t:(i + 1) * t].shape, generator=g).to(dist.mean)
-                         for i, g in enumerate(generators)])
-    lat = lat.float() * float(vae.config.scaling_factor)  # (B*T, 4, h, w)
-    return lat.reshape(b, t, *lat.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, 4, T, h, w)
+def sequence_batches(
+    dataset: Sequence[Any], *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0
+) -> Iterator[SequenceBatch]:
+    """Endless pixel batches of an in-memory dataset, from micro-step ``start_step`` on.
+
+    Micro-step ``s`` of process ``rank`` takes global positions ``(s * world_size + rank) * batch_size + j``
+    of a seeded epoch-wise shuffle (:func:`sample_index`), so every process sees disjoint clips and a
+    resumed run the same ones. A clip that cannot be read (a ``SkippedClip`` under the ``skip`` policy) is
+    replaced by the next readable clip of the same epoch's order and named in ``replaced``.
+    """
+    from cmdbench.data.policy import DatasetError
+
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the training dataset is empty")
+    cached: tuple[int, torch.Tensor] | None = None
+    step = start_step
+    while True:
+        videos, conditions, ids, positions, replaced = [], [], [], [], []
+        for j in range(batch_size):
+            position = (step * world_size + rank) * batch_size + j
+            epoch, offset = divmod(position, n)
+            if cached is None or cached[0] != epoch:
+                cached = (epoch, _epoch_permutation(seed, epoch, n))
+            for k in range(n):
+                got = _read_item(dataset, int(cached[1][(offset + k) % n]))
+                if isinstance(got, tuple):
+                    break
+                replaced.append(got)
+            else:
+                raise DatasetError(f"every clip of the training dataset failed to decode ({replaced[-1].reason})")
+            videos.append(got[0])
+            conditions.append(got[1])
+            ids.append(got[2])
+            positions.append(position)
+        _check_same_shape(videos, ids)
+        yield SequenceBatch(torch.stack(videos), conditions, ids, positions, replaced)
+        step += 1
 
 
-def _check_clip(video: torch.Tensor, preset: CMDPreset, index: int) -> None:
+def _check_same_shape(videos: list[torch.Tensor], ids: list[str]) -> None:
+    shapes = {tuple(v.shape) for v in videos}
+    if len(shapes) > 1:
+        detail = ", ".join(f"{i}: {tuple(v.shape)}" for i, v in zip(ids, videos, strict=True))
+        raise ValueError(f"clips of different sizes cannot be batched ({detail}); set the dataset's clip size")
+
+
+def latent_cache_batches(
+    cache: LatentCache, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0
+) -> Iterator[InMemoryLatentBatch]:
+    """Endless latent batches of a :class:`LatentCache` in the same seeded order as :func:`sequence_batches`."""
+    n = len(cache)
+    step = start_step
+    while True:
+        start = (step * world_size + rank) * batch_size
+        idx = [sample_index(seed, start + j, n) for j in range(batch_size)]
+        yield InMemoryLatentBatch(cache.content[idx], cache.motion[idx], [cache.conditions[i] for i in idx],
+                                  [str(i) for i in idx])
+        step += 1
+
+
+def _autocast(device: torch.device | str, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def _check_videos(videos: torch.Tensor, preset: CMDPreset, ids: Sequence[str]) -> None:
     want = (preset.num_frames, 3, preset.height, preset.width)
-    if tuple(video.shape) != want or video.dtype != torch.uint8:
+    if videos.ndim != 5 or tuple(videos.shape[1:]) != want or videos.dtype != torch.uint8:
         raise ValueError(
-            f"dataset item {index}: clip is {video.dtype} {tuple(video.shape)}; preset {preset.name} trains on "
-            f"uint8 (T, 3, H, W) = {want} (set the dataset's clip length and size to the preset's)"
+            f"training clips {list(ids)[:4]} are {videos.dtype} {tuple(videos.shape[1:])}; preset {preset.name} "
+            f"trains on uint8 (T, 3, H, W) = {want} (set the dataset's clip length and size to the preset's)"
         )
 
 
 class LatentCache:
     """``(content (N, C, h, w), motion (N, D, L, W_m), conditions)`` of a whole dataset, from the frozen
-    autoencoder, saved to one ``.pt`` file keyed by the dataset and autoencoder."""
+    autoencoder, saved to one ``.pt`` file keyed by the dataset and the autoencoder's weights."""
 
     def __init__(self, content: torch.Tensor, motion: torch.Tensor, conditions: list[Any]):
         self.content, self.motion, self.conditions = content, motion, conditions
 
     @staticmethod
-    def key(dataset: Sequence[Any], autoencoder_path: str, preset: CMDPreset, seed: int) -> str:
+    def key(dataset: Sequence[Any], autoencoder: torch.nn.Module, preset: CMDPreset, seed: int) -> str:
         describe = getattr(dataset, "describe", lambda: {"len": len(dataset)})()
-        blob = json.dumps({"data": describe, "ae": str(Path(autoencoder_path).resolve()), "preset": preset.name,
+        blob = json.dumps({"data": describe, "ae": weights_digest(autoencoder), "preset": preset.name,
                            "size": [preset.num_frames, preset.height, preset.width], "seed": seed},
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -252,16 +458,17 @@ class LatentCache:
         contents, motions, conditions = [], [], []
         for start in range(0, len(dataset), batch_size):
             idx = list(range(start, min(start + batch_size, len(dataset))))
-            items = [_item(dataset, i) for i in idx]
-            for (video, _), i in zip(items, idx, strict=True):
-                _check_clip(video, preset, i)
-            videos = torch.stack([v for v, _ in items])
-            gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in idx]
-            x = videos_to_model_space(videos, vae, gens).to(autoencoder.device, autoencoder.dtype)
-            content, motion = autoencoder.encode(x)
-            contents.append(content.float().cpu())
-            motions.append(motion.float().cpu())
-            conditions.extend(c for _, c in items)
+            items = [_read_item(dataset, i) for i in idx]
+            bad = [(i, it) for i, it in zip(idx, items, strict=True) if not isinstance(it, tuple)]
+            if bad:
+                raise ValueError(f"dataset item {bad[0][0]} could not be read: {bad[0][1].reason}")
+            videos = torch.stack([v for v, _, _ in items])
+            _check_videos(videos, preset, [i for _, _, i in items])
+            gens = [torch.Generator().manual_seed(sample_seed(seed, 0, i)) for i in idx]
+            content, motion = encode_clips(videos, autoencoder, vae, gens)
+            contents.append(content.cpu())
+            motions.append(motion.cpu())
+            conditions.extend(c for _, c, _ in items)
         return cls(torch.cat(contents), torch.cat(motions), conditions)
 
     def save(self, path: Path) -> None:
@@ -282,26 +489,91 @@ class LatentCache:
 # --- Models -------------------------------------------------------------------------------------------
 
 
-def load_autoencoder(path: str | Path) -> CMDAutoencoder:
-    """A trained ``CMDAutoencoder``: a model folder (``config.json``) or a pipeline folder (``autoencoder/``)."""
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights: every state-dict entry's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def tokenizer_digest(tokenizer) -> str | None:
+    """sha256 of a tokenizer's vocabulary and maximum length (``None`` for no tokenizer)."""
+    if tokenizer is None:
+        return None
+    blob = json.dumps({"vocab": tokenizer.get_vocab(), "max": int(tokenizer.model_max_length)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def frozen_digests(pipe: CMDPipeline) -> dict[str, str | None]:
+    """Digests of the frozen parts (text encoder, tokenizer, SD VAE) a diffusion stage trains with."""
+    return {
+        "text_encoder": weights_digest(pipe.text_encoder) if pipe.text_encoder is not None else None,
+        "tokenizer": tokenizer_digest(pipe.tokenizer),
+        "vae": weights_digest(pipe.vae) if pipe.vae is not None else None,
+    }
+
+
+def read_train_config(run_dir: Path) -> TrainConfig | None:
+    """The ``train_config.json`` of a training run folder, or ``None`` when there is none."""
+    path = Path(run_dir) / "train_config.json"
+    return TrainConfig.from_json(path) if path.is_file() else None
+
+
+def autoencoder_folder(path: str | Path) -> tuple[Path, str | None, TrainConfig | None]:
+    """Where the trained autoencoder of ``path`` is: ``(folder, subfolder, the run's TrainConfig or None)``.
+
+    ``path``: an autoencoder run's ``output_dir`` (its EMA ``final/autoencoder``), a ``CMDAutoencoder``
+    folder (``config.json``; the run's config is read two levels up when it is ``final/<name>``), or a CMD
+    pipeline folder (``autoencoder/``).
+    """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"autoencoder folder {path} does not exist (train one with `cmdbench train autoencoder` and pass its "
+            "output_dir or final/autoencoder folder)"
+        )
+    run_cfg = read_train_config(path)
+    if run_cfg is not None:
+        if run_cfg.stage != "autoencoder":
+            raise TrainConfigError(f"{path} is the output of a {run_cfg.stage!r} run, not an autoencoder run")
+        folder = path / "final" / COMPONENT["autoencoder"]
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"autoencoder run {path} has no final weights ({folder}): train it to max_steps first"
+            )
+        return folder, None, run_cfg
     if (path / "autoencoder" / "config.json").is_file():
-        return CMDAutoencoder.from_pretrained(path, subfolder="autoencoder", local_files_only=True)
+        return path, "autoencoder", None
     if (path / "config.json").is_file():
-        return CMDAutoencoder.from_pretrained(path, local_files_only=True)
+        return path, None, read_train_config(path.parent.parent)
     raise FileNotFoundError(
-        f"autoencoder folder {path} has neither config.json nor autoencoder/config.json "
-        "(train one with `cmdbench train autoencoder` and pass its final/autoencoder folder)"
+        f"autoencoder folder {path} has neither train_config.json, config.json nor autoencoder/config.json "
+        "(train one with `cmdbench train autoencoder` and pass its output_dir or final/autoencoder folder)"
     )
 
 
+def load_autoencoder(path: str | Path) -> CMDAutoencoder:
+    """A trained ``CMDAutoencoder`` (see :func:`autoencoder_folder` for what ``path`` may be)."""
+    folder, subfolder, _ = autoencoder_folder(path)
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    return CMDAutoencoder.from_pretrained(folder, local_files_only=True, **kwargs)
+
+
 def build_components(cfg: TrainConfig) -> CMDPipeline:
-    """Every component of the preset: random weights seeded by ``cfg.seed``, then ``init_from`` /
-    ``autoencoder`` weights where given."""
+    """Every component of the preset: random weights seeded by ``cfg.seed`` (random frozen parts by
+    ``FROZEN_RANDOM_SEED``), then ``init_from`` / ``autoencoder`` weights where given."""
     preset = cfg.resolved_preset()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         pipe = build_pipeline(preset, sd_checkpoint=cfg.sd_checkpoint)
+    if cfg.sd_checkpoint is None and (pipe.text_encoder is not None or pipe.vae is not None):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(FROZEN_RANDOM_SEED)
+            frozen = build_pipeline(preset)
+        pipe.register_modules(text_encoder=frozen.text_encoder, vae=frozen.vae)
     if cfg.init_from is not None:
         from cmdbench.cmd.presets import check_pipeline_matches
 
@@ -309,6 +581,12 @@ def build_components(cfg: TrainConfig) -> CMDPipeline:
         check_pipeline_matches(init, preset, repr(cfg.init_from))
         pipe = init
     if cfg.autoencoder is not None:
+        _, _, ae_cfg = autoencoder_folder(cfg.autoencoder)
+        if ae_cfg is not None and (ae_cfg.preset, ae_cfg.tiny) != (cfg.preset, cfg.tiny):
+            raise TrainConfigError(
+                f"autoencoder {cfg.autoencoder} was trained for preset {ae_cfg.preset}"
+                f"{' (tiny)' if ae_cfg.tiny else ''}; this run is {cfg.preset}{' (tiny)' if cfg.tiny else ''}"
+            )
         ae = load_autoencoder(cfg.autoencoder)
         want = pipe.autoencoder.config
         diffs = [k for k in ("in_channels", "num_frames", "sample_size", "patch_size", "motion_channels")
@@ -317,8 +595,9 @@ def build_components(cfg: TrainConfig) -> CMDPipeline:
             detail = ", ".join(f"{k}={ae.config[k]!r} (preset needs {want[k]!r})" for k in diffs)
             raise TrainConfigError(f"autoencoder {cfg.autoencoder} does not fit preset {preset.name}: {detail}")
         pipe.register_modules(autoencoder=ae.eval())
-    elif cfg.stage != "autoencoder":
-        logger.warning("no trained autoencoder given: the %s stage trains on latents of a random one", cfg.stage)
+    elif cfg.stage != "autoencoder" and cfg.init_from is None:
+        logger.warning("miniature %s: no trained autoencoder given, the %s stage learns the latents of a random one",
+                       preset.name, cfg.stage)
     return pipe
 
 
@@ -326,13 +605,54 @@ def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
+def build_lpips(net: str, backbone: str = "imagenet") -> torch.nn.Module:
+    """The ``lpips`` package's LPIPS (v0.1 linear layers from its wheel) with torchvision's ImageNet
+    ``net`` backbone from the cmdbench weights cache (``backbone="random"``: untrained, tests only).
+
+    The package would download the backbone through torchvision; here the file is a registered weight
+    (``cmdbench weights fetch torchvision_alexnet_imagenet1k_v1``), so it is verified and works offline.
+    """
+    import lpips
+
+    from cmdbench import weights
+
+    with warnings.catch_warnings():  # lpips 0.1.4 passes torchvision's deprecated `pretrained=` argument
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    if backbone == "imagenet":
+        state = torch.load(weights.require(LPIPS_WEIGHTS[net]), map_location="cpu", weights_only=True)
+        load_lpips_backbone(model, state)
+    return model.eval().requires_grad_(False)
+
+
+def load_lpips_backbone(model: torch.nn.Module, torchvision_state: dict[str, torch.Tensor]) -> None:
+    """Copy torchvision's ``features.{i}.*`` into lpips' ``net.slice{k}.{i}.*`` (same modules, regrouped)."""
+    target = model.net.state_dict()
+    mapped = {}
+    for key in target:
+        _, index, leaf = key.split(".", 2)  # "slice2.3.weight" -> features.3.weight
+        source = f"features.{index}.{leaf}"
+        if source not in torchvision_state:
+            raise KeyError(f"the torchvision backbone file has no {source} (needed for LPIPS {key})")
+        mapped[key] = torchvision_state[source]
+    model.net.load_state_dict(mapped, strict=True)
+
+
+def lpips_per_frame(lpips_model: torch.nn.Module, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """LPIPS of every frame, averaged: ``recon``/``target`` (B, 3, L, H, W) in [-1, 1] -> float32 scalar."""
+    b, c, length, h, w = recon.shape
+    frames = recon.float().transpose(1, 2).reshape(b * length, c, h, w)  # (B*L, 3, H, W)
+    ref = target.float().transpose(1, 2).reshape(b * length, c, h, w)
+    return lpips_model(frames, ref, normalize=False).mean()  # inputs already in [-1, 1]
+
+
 # --- The training step ----------------------------------------------------------------------------------
 
 
 @dataclass
-class Batch:
-    """One batch in model space. ``video`` (AE stage) or ``content``/``motion`` (diffusion stages), plus
-    the raw conditions (captions or labels)."""
+class StageInputs:
+    """One batch in model space: ``video`` (B, C, L, H, W) for the autoencoder stage, or ``content``
+    (B, C, h, w) and ``motion`` (B, D, L, W_m) for the diffusion stages, float32; raw conditions."""
 
     conditions: list[Any]
     video: torch.Tensor | None = None
@@ -348,9 +668,25 @@ class StageTrainer:
         self.pipe = pipe
         self.device = device
         self.preset = cfg.resolved_preset()
+        self.autocast_dtype = AUTOCAST_DTYPE[cfg.mixed_precision]
         schedule = self.preset.content_schedule if cfg.stage == "content" else self.preset.motion_schedule
         self.noise_scheduler = DDPMScheduler.from_config(SCHEDULES[schedule])
         self.trained: torch.nn.Module = getattr(pipe, COMPONENT[cfg.stage])  # replaced by the prepared model
+        self.lpips = None
+        if cfg.stage == "autoencoder" and cfg.lpips_weight > 0:
+            self.lpips = build_lpips(cfg.lpips_net, cfg.lpips_backbone).to(device)
+            self._check_lpips_size()
+
+    def _check_lpips_size(self) -> None:
+        h, w = self.preset.height, self.preset.width
+        try:
+            with torch.no_grad():
+                self.lpips(torch.zeros(1, 3, h, w, device=self.device), torch.zeros(1, 3, h, w, device=self.device))
+        except RuntimeError as err:
+            raise TrainConfigError(
+                f"LPIPS '{self.cfg.lpips_net}' cannot compare {h}x{w} frames (preset {self.preset.name}): {err}. "
+                "AlexNet needs frames of at least 32x32; use lpips_net='vgg' for smaller ones"
+            ) from None
 
     def model(self) -> torch.nn.Module:
         return self.trained
@@ -359,6 +695,45 @@ class StageTrainer:
         names = {"autoencoder": ("vae",), "content": ("autoencoder", "vae", "text_encoder"),
                  "motion": ("autoencoder", "vae", "text_encoder")}[self.cfg.stage]
         return [m for m in (getattr(self.pipe, n) for n in names) if m is not None]
+
+    def frozen_autocast(self):
+        """Autocast for the frozen encoders (the run's mixed precision; nothing under ``"no"``)."""
+        return _autocast(self.device, self.autocast_dtype)
+
+    # batches -> model space ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def stage_inputs(self, batch: Any) -> StageInputs:
+        """A pixel batch (``videos``) or latent batch (``content``/``motion``) -> :class:`StageInputs`."""
+        conditions = list(batch.conditions)
+        if not hasattr(batch, "videos"):
+            if self.cfg.stage == "autoencoder":
+                raise ValueError("the autoencoder stage trains on videos: got a latent batch (content/motion)")
+            return StageInputs(conditions, content=batch.content.to(self.device).float(),
+                               motion=batch.motion.to(self.device).float())
+        videos = batch.videos
+        _check_videos(videos, self.preset, getattr(batch, "ids", []))
+        gens = self._posterior_generators(batch)
+        if self.cfg.stage == "autoencoder":
+            x = videos_to_model_space(videos, self.pipe.vae, gens, autocast_dtype=self.autocast_dtype)
+            return StageInputs(conditions, video=x.to(self.device).float())  # (B, C, L, H, W)
+        content, motion = encode_clips(videos, self.pipe.autoencoder, self.pipe.vae, gens,
+                                       autocast_dtype=self.autocast_dtype)
+        return StageInputs(conditions, content=content.to(self.device), motion=motion.to(self.device))
+
+    def _posterior_generators(self, batch: Any) -> list[torch.Generator] | None:
+        """Per-clip generators for the SD VAE's posterior sample, seeded by the clip's place in the data
+        order (``latents.sample_seed``: new every epoch, the same after a resume, the same as a latent
+        store built from that clip); ``None`` in pixel space."""
+        if self.pipe.vae is None:
+            return None
+        keys = getattr(batch, "keys", None)
+        if keys is not None and not callable(keys):  # TrainBatch.keys: ClipKey(epoch, position, rank)
+            seeds = [sample_seed(self.cfg.seed, k.rank, k.position, k) for k in keys]
+        elif getattr(batch, "positions", None) is not None:  # SequenceBatch: global positions
+            seeds = [sample_seed(self.cfg.seed, 0, p) for p in batch.positions]
+        else:
+            return None  # the global RNG (restored on resume)
+        return [torch.Generator().manual_seed(s) for s in seeds]
 
     # conditions ---------------------------------------------------------------------------------------
     def _check_conditions(self, conditions: list[Any]) -> None:
@@ -374,7 +749,8 @@ class StageTrainer:
 
     @torch.no_grad()
     def condition_inputs(self, conditions: list[Any]) -> dict[str, torch.Tensor]:
-        """Conditions with dropout (prob ``cond_dropout``): null class / empty prompt."""
+        """Conditions with dropout (prob ``cond_dropout``): null class / empty prompt. Text for the motion
+        DiT comes with its token mask (masked mean), for the SD UNet without (SD cross-attends all tokens)."""
         self._check_conditions(conditions)
         drop = (torch.rand(len(conditions)) < self.cfg.cond_dropout).tolist()
         if self.preset.conditioning == "class":
@@ -382,21 +758,30 @@ class StageTrainer:
             labels = torch.tensor([null if d else int(c) for c, d in zip(conditions, drop, strict=True)])
             return {"class_labels": labels.to(self.device)}
         prompts = ["" if d else c for c, d in zip(conditions, drop, strict=True)]
-        return {"encoder_hidden_states": self.pipe.encode_prompt(prompts, self.device).float()}
+        with self.frozen_autocast():
+            if self.cfg.stage == "motion":
+                feats, mask = self.pipe.encode_prompt_with_mask(prompts, self.device)
+                return {"encoder_hidden_states": feats.float(), "encoder_attention_mask": mask.to(self.device)}
+            return {"encoder_hidden_states": self.pipe.encode_prompt(prompts, self.device).float()}
 
     # losses -------------------------------------------------------------------------------------------
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Any) -> torch.Tensor:
+        """The stage's float32 loss on a pixel or latent batch (or :class:`StageInputs`)."""
+        inputs = batch if isinstance(batch, StageInputs) else self.stage_inputs(batch)
         stage = self.cfg.stage
         if stage == "autoencoder":
-            recon = self.model()(batch.video)  # (B, C, L, H, W)
-            if self.cfg.ae_loss == "l1":
-                return F.l1_loss(recon.float(), batch.video.float())
-            return F.mse_loss(recon.float(), batch.video.float())
-        target = batch.content if stage == "content" else batch.motion
+            video = inputs.video
+            recon = self.model()(video)  # (B, C, L, H, W)
+            diff = F.l1_loss if self.cfg.ae_loss == "l1" else F.mse_loss
+            loss = diff(recon.float(), video.float())
+            if self.lpips is not None:
+                loss = loss + self.cfg.lpips_weight * lpips_per_frame(self.lpips, recon, video)
+            return loss
+        target = inputs.content if stage == "content" else inputs.motion
         noise = torch.randn(target.shape).to(target)  # CPU draw: the same noise on every device
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (target.shape[0],)).to(self.device)
-        noisy = self.noise_scheduler.add_noise(target, noise, t)
-        cond = self.condition_inputs(batch.conditions)
+        noisy = self.noise_scheduler.add_noise(target, noise, t)  # sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+        cond = self.condition_inputs(inputs.conditions)
         model = self.model()
         if stage == "content":
             if isinstance(_unwrap(model), UNet2DConditionModel):
@@ -404,8 +789,14 @@ class StageTrainer:
             else:
                 out = model(noisy, timestep=t, class_labels=cond["class_labels"], return_dict=False)[0]
         else:
-            out = model(noisy, t, batch.content, **cond, return_dict=False)
+            out = model(noisy, t, inputs.content, **cond, return_dict=False)
         return F.mse_loss(out[:, : target.shape[1]].float(), noise.float())
+
+
+def _seed_of(seed: int, *key: int) -> int:
+    """A 63-bit seed from ``(seed, *key)`` (sha256), the same on every machine."""
+    blob = json.dumps([seed, *key]).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
 
 
 def _unwrap(model):
@@ -420,16 +811,19 @@ def _disable_internal_label_dropout(model: torch.nn.Module) -> None:
             module.dropout_prob = 0.0
 
 
-# --- Checkpoints ----------------------------------------------------------------------------------------
+# --- Checkpoints and run records ------------------------------------------------------------------------
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:
     """Checkpoint folders ``checkpoints/step-NNNNNNNN`` that finished writing, oldest first."""
-    root = output_dir / "checkpoints"
+    root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
     done = [p for p in root.glob("step-*") if (p / "step.json").is_file()]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+MAY_CHANGE_ON_RESUME = ("max_steps", "log_every", "assemble_to", "content_run")
 
 
 def _save_config(cfg: TrainConfig, output_dir: Path) -> None:
@@ -437,14 +831,102 @@ def _save_config(cfg: TrainConfig, output_dir: Path) -> None:
     if path.is_file():
         old = TrainConfig.from_json(path)
         changed = [f.name for f in dataclasses.fields(cfg)
-                   if getattr(old, f.name) != getattr(cfg, f.name) and f.name not in ("max_steps", "log_every")]
+                   if getattr(old, f.name) != getattr(cfg, f.name) and f.name not in MAY_CHANGE_ON_RESUME]
         if changed:
             raise TrainConfigError(
                 f"{path} exists with a different config (fields {changed}); resume with the same config "
-                "(only max_steps and log_every may change) or use a new output_dir"
+                f"(only {', '.join(MAY_CHANGE_ON_RESUME)} may change) or use a new output_dir"
             )
     output_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(cfg.to_json() + "\n")
+
+
+def _save_run_info(output_dir: Path, info: dict[str, Any]) -> None:
+    """``run_info.json``; a resumed run must keep the processes and accumulation (else the order changes)."""
+    path = output_dir / RUN_INFO_FILE
+    if path.is_file():
+        old = json.loads(path.read_text())
+        keys = ("world_size", "batch_size", "gradient_accumulation_steps", "global_batch_size")
+        changed = {k: (old.get(k), info[k]) for k in keys if old.get(k) != info[k]}
+        if changed:
+            detail = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+            raise TrainConfigError(
+                f"{output_dir} was trained with another layout ({detail}); a resumed run must use the same number "
+                "of processes and accumulation steps to continue exactly (or use a new output_dir)"
+            )
+    path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+class SkipRecord:
+    """``skipped.jsonl``: one JSON line per clip that failed and was replaced (step, rank, source, reason).
+
+    On resume the lines of steps after the checkpoint are dropped first (they are trained again and
+    recorded again), so each replacement is recorded exactly once."""
+
+    def __init__(self, output_dir: Path, rank: int):
+        self.path = output_dir / SKIPPED_FILE
+        self.rank = rank
+        self.count = 0
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def add(self, step: int, items: Sequence[Any]) -> None:
+        if not items:
+            return
+        lines = []
+        for item in items:
+            source, reason = str(getattr(item, "source", item)), str(getattr(item, "reason", ""))
+            logger.warning("step %d rank %d: clip %s failed (%s); replaced by another clip", step, self.rank,
+                           source, reason)
+            lines.append(json.dumps({"step": step, "rank": self.rank, "source": source, "reason": reason,
+                                     "stage": getattr(item, "stage", "decode")}))
+        with open(self.path, "a", encoding="utf-8") as f:  # O_APPEND: whole lines from several processes
+            f.write("".join(line + "\n" for line in lines))
+        self.count += len(items)
+
+
+def _checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
+    path = output_dir / "checkpoints" / f"step-{step:08d}"
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "step.json").write_text(json.dumps({"step": step}) + "\n")  # written last: marks it complete
+        for old in checkpoint_dirs(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_final(cfg: TrainConfig, pipe: CMDPipeline, trained: torch.nn.Module, ema: EMAModel, step: int,
+                run_info: dict[str, Any], ae_digest: str | None) -> Path:
+    """``final/<component>`` (EMA), ``_raw``, the frozen parts (diffusion stages) and ``final/stage.json``."""
+    final_dir = Path(cfg.output_dir) / "final"
+    final = final_dir / COMPONENT[cfg.stage]
+    raw = final.with_name(final.name + "_raw")
+    trained.save_pretrained(str(raw))
+    raw_digest = weights_digest(trained)
+    ema.store(trained.parameters())
+    ema.copy_to(trained.parameters())
+    trained.save_pretrained(str(final))
+    ema_digest = weights_digest(trained)
+    ema.restore(trained.parameters())
+    record: dict[str, Any] = {
+        "stage": cfg.stage, "preset": cfg.preset, "tiny": cfg.tiny, "steps": step, "seed": cfg.seed,
+        "component": COMPONENT[cfg.stage], "weights_sha256": {"ema": ema_digest, "raw": raw_digest},
+        "global_batch_size": run_info["global_batch_size"], "sd_checkpoint": cfg.sd_checkpoint,
+    }
+    if cfg.stage != "autoencoder":
+        frozen_dir = final_dir / "frozen"
+        for name in FROZEN_PARTS:
+            part = getattr(pipe, name)
+            if part is not None:
+                part.save_pretrained(str(frozen_dir / name))
+        record["frozen_sha256"] = frozen_digests(pipe)
+        record["autoencoder"] = {"path": cfg.autoencoder, "sha256": ae_digest}
+    (final_dir / STAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return final
 
 
 # --- The loop -------------------------------------------------------------------------------------------
@@ -452,23 +934,39 @@ def _save_config(cfg: TrainConfig, output_dir: Path) -> None:
 
 def train(
     cfg: TrainConfig,
-    dataset: Sequence[Any],
+    data: Sequence[Any] | BatchSource,
     *,
     stop_after_steps: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Path:
-    """Train ``cfg.stage`` on ``dataset``; resumes from the newest checkpoint in ``cfg.output_dir``.
+    """Train ``cfg.stage``; resumes from the newest checkpoint in ``cfg.output_dir``.
 
-    ``stop_after_steps`` ends the process-local loop early (after checkpointing), as a kill would.
+    ``data``: an in-memory ``Sequence`` of clips, or a batch source
+    ``data(start_step=, rank=, world_size=, batch_size=) -> Iterator[batch]`` (pixel or latent batches,
+    see the module docstring; ``start_step`` counts micro-steps). ``stop_after_steps`` ends the
+    process-local loop early after that many optimizer steps (after checkpointing), as a kill would.
+    ``on_step(step, loss)`` is called per optimizer step with the mean micro-batch loss.
     Returns the folder of the final (EMA) model, ``<output_dir>/final/<component>``.
     """
     output_dir = Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, project_dir=str(output_dir))
+    accum, global_batch = cfg.accumulation(PartialState().num_processes)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=accum,
+                              project_dir=str(output_dir))
+    rank, world = accelerator.process_index, accelerator.num_processes
+    run_info = {"world_size": world, "batch_size": cfg.batch_size, "gradient_accumulation_steps": accum,
+                "global_batch_size": global_batch, "mixed_precision": cfg.mixed_precision,
+                "preset": cfg.preset, "tiny": cfg.tiny, "stage": cfg.stage}
     if accelerator.is_main_process:
         _save_config(cfg, output_dir)
+        _save_run_info(output_dir, run_info)
+    accelerator.wait_for_everyone()
+    logger.info("%s stage: global batch %d = %d per process x %d process(es) x %d accumulation step(s)",
+                cfg.stage, global_batch, cfg.batch_size, world, accum)
     set_seed(cfg.seed, device_specific=True)  # seed + rank: each process draws its own noise and timesteps
     preset = cfg.resolved_preset()
-    pipe = build_components(cfg).to(accelerator.device)
+    pipe = build_components(cfg)
+    ae_digest = weights_digest(pipe.autoencoder) if cfg.stage != "autoencoder" else None
+    pipe = pipe.to(accelerator.device)
     trainer = StageTrainer(cfg, pipe, accelerator.device)
     model = trainer.model()
     for module in trainer.frozen_modules():
@@ -478,18 +976,7 @@ def train(
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
 
-    cache = None
-    if cfg.stage != "autoencoder" and cfg.precompute_latents:
-        key = LatentCache.key(dataset, cfg.autoencoder, preset, cfg.seed)
-        cache_path = Path(cfg.latent_cache or output_dir / "latents") / f"latents-{key}.pt"
-        if not cache_path.is_file():
-            if accelerator.is_main_process:
-                LatentCache.build(dataset, pipe.autoencoder, pipe.vae, preset, cfg.seed).save(cache_path)
-            accelerator.wait_for_everyone()
-        cache = LatentCache.load(cache_path)
-    n = len(cache) if cache is not None else len(dataset)
-    if n == 0:
-        raise ValueError("the training dataset is empty")
+    source = _batch_source(cfg, data, pipe, preset, output_dir, accelerator)
 
     lr, betas = cfg.optimizer
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=cfg.weight_decay)
@@ -505,78 +992,87 @@ def train(
         accelerator.load_state(str(done[-1]))
         step = json.loads((done[-1] / "step.json").read_text())["step"]
         logger.info("resumed from %s at step %d", done[-1], step)
+    skipped = SkipRecord(output_dir, rank)
+    if accelerator.is_main_process:
+        skipped.truncate_after(step)
+    accelerator.wait_for_everyone()
 
-    def fetch(step: int) -> Batch:
-        idx = batch_indices(cfg, step, accelerator.process_index, accelerator.num_processes, n)
-        if cache is not None:
-            return Batch([cache.conditions[i] for i in idx], content=cache.content[idx].to(accelerator.device),
-                         motion=cache.motion[idx].to(accelerator.device))
-        items = [_item(dataset, i) for i in idx]
-        for (video, _), i in zip(items, idx, strict=True):
-            _check_clip(video, preset, i)
-        videos = torch.stack([v for v, _ in items])
-        gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in idx]
-        with torch.no_grad():
-            x = videos_to_model_space(videos, pipe.vae, gens).to(accelerator.device)
-            conditions = [c for _, c in items]
-            if cfg.stage == "autoencoder":
-                return Batch(conditions, video=x)
-            content, motion = pipe.autoencoder.encode(x.to(pipe.autoencoder.dtype))
-        return Batch(conditions, content=content.float(), motion=motion.float())
-
+    batches = source(start_step=step * accum, rank=rank, world_size=world, batch_size=cfg.batch_size)
     steps_this_run = 0
     while step < cfg.max_steps:
-        batch = fetch(step)
-        loss = trainer.loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
-        accelerator.backward(loss)
-        if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for _ in range(accum):
+            batch = next(batches)
+            skipped.add(step + 1, getattr(batch, "replaced", ()))
+            with accelerator.accumulate(model):
+                loss = trainer.loss(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower the learning rate")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()  # a no-op until the last micro-batch (accelerate's AcceleratedOptimizer)
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        if not accelerator.sync_gradients:
+            raise RuntimeError("gradient accumulation fell out of step with the optimizer steps")
         ema.step(_unwrap(model).parameters())
         step += 1
         steps_this_run += 1
-        value = float(loss.detach())
+        value = sum(losses) / len(losses)
         if on_step is not None:
             on_step(step, value)
         if step % cfg.log_every == 0 and accelerator.is_main_process:
-            logger.info("step %d loss %.6f", step, value)
+            logger.info("step %d loss %.6f (global batch %d)", step, value, global_batch)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             _checkpoint(accelerator, output_dir, step, cfg.keep_checkpoints)
         if stop_after_steps is not None and steps_this_run >= stop_after_steps:
             return output_dir / "final" / COMPONENT[cfg.stage]
 
-    final = output_dir / "final" / COMPONENT[cfg.stage]
     accelerator.wait_for_everyone()
+    final = output_dir / "final" / COMPONENT[cfg.stage]
     if accelerator.is_main_process:
-        trained = accelerator.unwrap_model(model)
-        trained.save_pretrained(str(final.with_name(final.name + "_raw")))
-        ema.store(trained.parameters())
-        ema.copy_to(trained.parameters())
-        trained.save_pretrained(str(final))
-        ema.restore(trained.parameters())
+        final = _save_final(cfg, pipe, accelerator.unwrap_model(model), ema, step, run_info, ae_digest)
+        if cfg.assemble_to is not None:
+            from cmdbench.cmd.assemble import assemble
+
+            out = assemble(cfg.autoencoder, cfg.content_run, output_dir, cfg.assemble_to)
+            logger.info("assembled the sampling pipeline in %s", out)
+    accelerator.wait_for_everyone()
     return final
 
 
-def _checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
-    path = output_dir / "checkpoints" / f"step-{step:08d}"
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        (path / "step.json").write_text(json.dumps({"step": step}) + "\n")  # written last: marks it complete
-        for old in checkpoint_dirs(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+def _batch_source(cfg: TrainConfig, data, pipe: CMDPipeline, preset: CMDPreset, output_dir: Path,
+                  accelerator: Accelerator) -> BatchSource:
+    """The batch source of ``data``: itself when it is one, else the in-memory (or latent-cache) path."""
+    if callable(data) and not isinstance(data, Sequence):
+        return data
+    if len(data) == 0:
+        raise ValueError("the training dataset is empty")
+    if cfg.stage != "autoencoder" and cfg.precompute_latents:
+        key = LatentCache.key(data, pipe.autoencoder, preset, cfg.seed)
+        cache_path = Path(cfg.latent_cache or output_dir / "latents") / f"latents-{key}.pt"
+        if not cache_path.is_file():
+            if accelerator.is_main_process:
+                LatentCache.build(data, pipe.autoencoder, pipe.vae, preset, cfg.seed).save(cache_path)
+            accelerator.wait_for_everyone()
+        cache = LatentCache.load(cache_path)
+        return lambda **kw: latent_cache_batches(cache, seed=cfg.seed, **kw)
+    return lambda **kw: sequence_batches(data, seed=cfg.seed, **kw)
 
 
-def describe_steps(cfg: TrainConfig, n: int) -> str:
-    """``"1000 steps x 4 clips = 4000 clips (~8.0 epochs of 500)"`` for logs."""
-    clips = cfg.max_steps * cfg.batch_size
-    return f"{cfg.max_steps} steps x {cfg.batch_size} clips = {clips} clips (~{clips / n:.1f} epochs of {n})"
+def describe_steps(cfg: TrainConfig, n: int, world_size: int = 1) -> str:
+    """``"1000 steps x global batch 8 (4 x 1 process(es) x 2 accumulation) = 8000 clips (~16.0 epochs of
+    500)"`` for logs."""
+    accum, total = cfg.accumulation(world_size)
+    clips = cfg.max_steps * total
+    return (f"{cfg.max_steps} steps x global batch {total} ({cfg.batch_size} x {world_size} process(es) x {accum} "
+            f"accumulation) = {clips} clips (~{clips / n:.1f} epochs of {n})")
 
 
 __all__ = [
     "TrainConfig", "TrainConfigError", "train", "LatentCache", "batch_indices", "sample_index",
-    "checkpoint_dirs", "load_autoencoder", "build_components", "describe_steps",
+    "sequence_batches", "latent_cache_batches", "SequenceBatch", "InMemoryLatentBatch", "StageTrainer",
+    "checkpoint_dirs", "load_autoencoder", "autoencoder_folder", "build_components", "describe_steps",
+    "weights_digest", "frozen_digests", "build_lpips", "lpips_per_frame",
 ]

@@ -1,8 +1,11 @@
-"""``cmdbench train {autoencoder,content,motion} --config CFG.json``: train one stage of CMD.
+"""``cmdbench train {autoencoder,content,motion} --config CFG.json``: train one stage of CMD;
+``cmdbench train assemble --autoencoder DIR --content DIR --motion DIR --out OUT``: join three finished
+stages into one sampling pipeline folder (``cmdbench sample PRESET --checkpoint OUT``).
 
 One process trains on one device; ``accelerate launch -m cmdbench train ...`` (or ``torchrun
 --nproc_per_node N -m cmdbench train ...``; on CPUs add ``ACCELERATE_USE_CPU=1`` for gloo) spreads it
-over GPUs, CPU processes and nodes. A run restarted with the same config and ``output_dir`` resumes from its newest checkpoint.
+over GPUs, CPU processes and nodes. A run restarted with the same config and ``output_dir`` resumes from
+its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -14,41 +17,71 @@ import logging
 import os
 from pathlib import Path
 
-from cmdbench.cmd.training import STAGES, TrainConfig, TrainConfigError, describe_steps, train
-from cmdbench.data.clips import ClipSpec
-from cmdbench.registry import DATASETS, load_plugins
-
+STAGES = ("autoencoder", "content", "motion")  # == cmdbench.cmd.training.STAGES (imported lazily: heavy)
 EXAMPLE = {
     "stage": "motion", "preset": "cmd-ucf101-64", "dataset": "ucf101", "data_dir": "/data/UCF-101",
-    "output_dir": "runs/ucf101-motion", "autoencoder": "runs/ucf101-ae/final/autoencoder",
-    "batch_size": 32, "max_steps": 400000, "mixed_precision": "bf16", "precompute_latents": True,
+    "output_dir": "runs/ucf101-motion", "autoencoder": "runs/ucf101-ae",
+    "batch_size": 32, "global_batch_size": 256, "max_steps": 400000, "mixed_precision": "bf16",
+    "precompute_latents": True,
 }
+EPILOG = """examples:
+  cmdbench train autoencoder --config ae.json
+  cmdbench train content --config content.json --max-steps 200000
+  cmdbench train motion --config motion.json
+  cmdbench train assemble --autoencoder runs/ae --content runs/content --motion runs/motion --out runs/cmd
+  cmdbench sample cmd-ucf101-64 --checkpoint runs/cmd --seeds 0-7 --out samples/
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
-        help="train a CMD stage (autoencoder, content model, motion model) with accelerate",
-        description=(
-            "Train one CMD stage from a JSON TrainConfig (see cmdbench.cmd.training.TrainConfig). "
-            "Command-line options override the file. Example config:\n" + json.dumps(EXAMPLE, indent=2)
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="train a CMD stage (autoencoder, content model, motion model) with accelerate; assemble the stages",
+        description="Train one CMD stage from a JSON TrainConfig, or assemble three trained stages.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("stage", choices=STAGES)
-    parser.add_argument("--config", required=True, metavar="CFG.json", help="TrainConfig fields as JSON")
-    parser.add_argument("--output-dir", help="override output_dir")
-    parser.add_argument("--max-steps", type=int, help="override max_steps")
-    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), help="override mixed_precision")
-    parser.add_argument("--precompute-latents", action="store_true", default=None,
-                        help="encode the dataset once with the frozen autoencoder (diffusion stages)")
-    parser.add_argument("--tiny", action="store_true", default=None, help="train the preset's random miniature")
-    parser.set_defaults(func=run)
+    stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for stage in STAGES:
+        p = stages.add_parser(
+            stage, help=f"train the {stage} stage",
+            description=(
+                f"Train the {stage} stage from a JSON TrainConfig (see cmdbench.cmd.training.TrainConfig). "
+                "Command-line options override the file. Example config:\n" + json.dumps(EXAMPLE, indent=2)
+            ),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--config", required=True, metavar="CFG.json", help="TrainConfig fields as JSON")
+        p.add_argument("--output-dir", help="override output_dir")
+        p.add_argument("--max-steps", type=int, help="override max_steps (optimizer steps)")
+        p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), help="override mixed_precision")
+        p.add_argument("--precompute-latents", action="store_true", default=None,
+                       help="encode the dataset once with the frozen autoencoder (diffusion stages)")
+        p.add_argument("--tiny", action="store_true", default=None, help="train the preset's random miniature")
+        p.set_defaults(func=run)
+    a = stages.add_parser(
+        "assemble", help="join three finished stages into a CMDPipeline folder for sampling",
+        description=(
+            "Write a CMDPipeline.save_pretrained folder from a finished autoencoder, content and motion run "
+            "(each DIR: the run's output_dir or its final/<component> folder): EMA weights by default, the "
+            "frozen parts the diffusion stages trained with, the preset's DDIM schedulers and "
+            "cmdbench_assembly.json. Refuses stages of different presets, autoencoders or frozen parts."
+        ),
+    )
+    a.add_argument("--autoencoder", required=True, metavar="DIR", help="the autoencoder run")
+    a.add_argument("--content", required=True, metavar="DIR", help="the content-model run")
+    a.add_argument("--motion", required=True, metavar="DIR", help="the motion-model run")
+    a.add_argument("--out", required=True, metavar="DIR", help="the pipeline folder to write")
+    a.add_argument("--raw", action="store_true", help="the diffusion stages' raw weights instead of their EMA")
+    a.set_defaults(func=run_assemble)
     return parser
 
 
-def build_dataset(cfg: TrainConfig):
+def build_dataset(cfg):
     """The configured dataset at the preset's clip length and frame size."""
+    from cmdbench.cmd.training import TrainConfigError
+    from cmdbench.data.clips import ClipSpec
+    from cmdbench.registry import DATASETS, load_plugins
+
     load_plugins()
     preset = cfg.resolved_preset()
     if not cfg.data_dir:
@@ -58,6 +91,8 @@ def build_dataset(cfg: TrainConfig):
 
 
 def run(args: argparse.Namespace) -> int:
+    from cmdbench.cmd.training import TrainConfig, TrainConfigError, describe_steps, train
+
     data = json.loads(Path(args.config).read_text()) if Path(args.config).is_file() else None
     if data is None:
         raise FileNotFoundError(f"training config {args.config} does not exist")
@@ -71,11 +106,24 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     dataset = build_dataset(cfg)
     main_process = os.environ.get("RANK", "0") == "0"  # set by torchrun / accelerate launch
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if main_process:
         print(f"cmdbench train {cfg.stage}: preset {cfg.preset}{' (tiny)' if cfg.tiny else ''}, "
-              f"{len(dataset)} clips, per process {describe_steps(cfg, len(dataset))}")
+              f"{len(dataset)} clips, {describe_steps(cfg, len(dataset), world)}")
     final = train(cfg, dataset)
     if main_process:
         print(f"cmdbench train {cfg.stage}: final EMA weights in {final}")
         print(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k in ("stage", "output_dir")}))
+    return 0
+
+
+def run_assemble(args: argparse.Namespace) -> int:
+    from cmdbench.cmd.assemble import assemble, read_assembly
+
+    out = assemble(args.autoencoder, args.content, args.motion, args.out, raw=args.raw)
+    meta = read_assembly(out)
+    steps = ", ".join(f"{stage} {info['steps']} steps" for stage, info in meta["stages"].items())
+    print(f"cmdbench train assemble: {meta['preset']}{' (tiny)' if meta['tiny'] else ''} pipeline "
+          f"({meta['weights']} weights; {steps}) in {out}")
+    print(f"sample it with: cmdbench sample {meta['preset']} --checkpoint {out} --seeds 0-3 --out samples/")
     return 0
