@@ -93,7 +93,7 @@ class CMDPipeline(DiffusionPipeline):
 
     Components:
         autoencoder: ``CMDAutoencoder`` with ``decode(content (B,C,h,w), motion (B,D,L,h'+w')) -> (B,C,L,h,w)``.
-        content_model: ``UNet2DConditionModel`` (text) or a class-conditional DiT over content frames.
+        content_model: ``UNet2DConditionModel`` (text) or a class-conditional ``ContentDiT`` over content frames.
         motion_model: ``MotionDiT``: ``(z_t, t, x̄_0, class_labels | encoder_hidden_states) -> ε``.
         content_scheduler, motion_scheduler: ``DDIMScheduler`` (``eta = 0``).
         text_encoder: ``CLIPTextModel`` (text mode); ``last_hidden_state`` conditions both models.
@@ -184,17 +184,11 @@ class CMDPipeline(DiffusionPipeline):
         grid = math.lcm(ae_patch * int(mm.patch_size), int(mm.content_patch_size), content_factor)
         return self.vae_scale_factor * grid
 
-    @property
-    def square_only(self) -> bool:
-        """A DiT content model (diffusers' ``DiTTransformer2DModel``) un-patchifies square frames only."""
-        return not isinstance(self.content_model, UNet2DConditionModel)
-
     def allowed_setting(self) -> str:
         """The allowed (num_frames, height, width), in words."""
         m = self.size_multiple
         nh, nw = self.native_size
-        shape = "height = width, " if self.square_only else ""
-        return (f"num_frames={self.native_num_frames} (fixed clip length); {shape}height and width positive "
+        return (f"num_frames={self.native_num_frames} (fixed clip length); height and width positive "
                 f"multiples of {m} (native {nh}x{nw})")
 
     def check_setting(self, num_frames: int, height: int, width: int) -> None:
@@ -208,7 +202,7 @@ class CMDPipeline(DiffusionPipeline):
                 f"{self.allowed_setting()}"
             )
         m = self.size_multiple
-        if height < m or width < m or height % m or width % m or (self.square_only and height != width):
+        if height < m or width < m or height % m or width % m:
             raise UnsupportedSettingError(
                 f"height x width = {height}x{width} is not allowed; allowed: {self.allowed_setting()} "
                 f"(autoencoder patch {self.autoencoder.config.patch_size}, motion content patch "
@@ -218,32 +212,51 @@ class CMDPipeline(DiffusionPipeline):
 
     # --- Text encoding ---------------------------------------------------------------------------------
 
-    def _tokenize(self, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
-        """Prompts -> ``(B, S)`` int64 token ids (SD convention: padded to the maximum length)."""
+    def _tokenize(self, prompts: Sequence[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> ``(ids, mask)``, both ``(B, S)`` int64 (SD convention: padded to the maximum length).
+
+        ``mask`` is 1 on the start token, the prompt's tokens and the end token, 0 on padding."""
         if self.tokenizer is not None:
             max_len = int(self.tokenizer.model_max_length)
             full = self.tokenizer(list(prompts), padding=False, truncation=False).input_ids
-            ids = self.tokenizer(
+            tokens = self.tokenizer(
                 list(prompts), padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
-            ).input_ids
+            )
+            ids, mask = tokens.input_ids, tokens.attention_mask.long()
         else:
             max_len = int(self.text_encoder.config.max_position_embeddings)
             full = [_clip_bpe().encode(p) + [0, 0] for p in prompts]  # + start/end tokens
             ids = _clip_tokenize(list(prompts), max_len)
+            lengths = torch.tensor([min(len(t), max_len) for t in full])  # (B,) real tokens incl. start/end
+            mask = (torch.arange(max_len)[None] < lengths[:, None]).long()  # (B, S)
         too_long = [i for i, t in enumerate(full) if len(t) > max_len]
         if too_long:
             logger.warning(
                 "prompts %s are longer than the text encoder's %d tokens and were truncated to it", too_long, max_len
             )
-        return ids.to(device)
+        return ids.to(device), mask.to(device)
 
     @torch.no_grad()
     def encode_prompt(self, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
         """Prompts -> ``last_hidden_state`` ``(B, S, text_dim)`` of the text encoder."""
+        return self.encode_prompt_with_mask(prompts, device)[0]
+
+    @torch.no_grad()
+    def encode_prompt_with_mask(
+        self, prompts: Sequence[str], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> ``(features (B, S, text_dim), mask (B, S) int64)``.
+
+        ``features``: the text encoder's ``last_hidden_state`` over all ``S`` positions (padding included,
+        as Stable Diffusion's cross-attention reads them; the encoder itself runs unmasked, as in SD).
+        ``mask``: 1 on real tokens (start, prompt, end), 0 on padding. The motion DiT takes it as
+        ``encoder_attention_mask`` so its text embedding is the **masked mean** over real tokens; the SD
+        content UNet takes the features only.
+        """
         if self.text_encoder is None:
             raise ConditioningError("this CMD pipeline has no text encoder; pass prompt_embeds= instead of prompts")
-        ids = self._tokenize(prompts, device)
-        return self.text_encoder(ids)[0]  # (B, S, text_dim)
+        ids, mask = self._tokenize(prompts, device)
+        return self.text_encoder(ids)[0], mask  # (B, S, text_dim), (B, S)
 
     # --- One guided denoiser evaluation per stage ------------------------------------------------------
 
@@ -254,7 +267,7 @@ class CMDPipeline(DiffusionPipeline):
         model = self.content_model
         dtype = model.dtype
         tt = t.to(x.device).expand(x.shape[0])
-        if isinstance(model, UNet2DConditionModel):
+        if isinstance(model, UNet2DConditionModel):  # SD reads all S text positions: no mask (SD convention)
             out = model(x.to(dtype), tt, encoder_hidden_states=cond["encoder_hidden_states"].to(dtype)).sample
         else:
             out = model(x.to(dtype), timestep=tt, class_labels=cond["class_labels"], return_dict=False)[0]
@@ -263,7 +276,9 @@ class CMDPipeline(DiffusionPipeline):
     def _motion_eps(
         self, z: torch.Tensor, t: torch.Tensor, content: torch.Tensor, cond: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """ε_θM(z_t, c, x̄_0, t): ``z`` (N, D, L, h'+w'), ``content`` (N, C, h, w) -> (N, D, L, h'+w')."""
+        """ε_θM(z_t, c, x̄_0, t): ``z`` (N, D, L, h'+w'), ``content`` (N, C, h, w) -> (N, D, L, h'+w').
+
+        ``cond``: ``class_labels``, or ``encoder_hidden_states`` with ``encoder_attention_mask`` (masked mean)."""
         model = self.motion_model
         dtype = model.dtype
         tt = t.to(z.device).expand(z.shape[0])
@@ -292,6 +307,8 @@ class CMDPipeline(DiffusionPipeline):
         *,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
         class_labels: Sequence[int] | torch.Tensor | None = None,
         num_frames: int | None = None,
         height: int | None = None,
@@ -309,6 +326,8 @@ class CMDPipeline(DiffusionPipeline):
         Args:
             prompt / prompt_embeds: text conditions (text mode); ``prompt_embeds`` is ``(B, S, text_dim)``
                 and skips the text encoder (``negative_prompt_embeds`` defaults to the empty prompt's).
+            prompt_attention_mask / negative_prompt_attention_mask: ``(B, S)`` masks (1 = real token) of
+                given embeddings, for the motion DiT's masked mean; default: every position counts.
             class_labels: ``B`` ints in ``0..num_classes-1`` (class mode).
             num_frames, height, width: output clip size (default: the native one); frames fixed, sizes any
                 multiple of :attr:`size_multiple` (see :meth:`check_setting`).
@@ -340,7 +359,10 @@ class CMDPipeline(DiffusionPipeline):
         batch = len(generators)
 
         # Conditions for both stages ([uncond; cond] when guiding).
-        cond, uncond = self._conditions(prompt, prompt_embeds, negative_prompt_embeds, class_labels, batch, device)
+        cond, uncond = self._conditions(
+            prompt, prompt_embeds, negative_prompt_embeds, class_labels, batch, device,
+            prompt_attention_mask, negative_prompt_attention_mask,
+        )
         if w == 0.0:
             uncond = None
 
@@ -396,10 +418,12 @@ class CMDPipeline(DiffusionPipeline):
             x = scheduler.step(eps, t, x, eta=0.0, return_dict=False)[0]
         return x.float()
 
-    def _conditions(self, prompt, prompt_embeds, negative_prompt_embeds, class_labels, batch, device):
-        """Conditional and unconditional model inputs (dicts of batched tensors)."""
+    def _conditions(self, prompt, prompt_embeds, negative_prompt_embeds, class_labels, batch, device,
+                    prompt_mask=None, negative_mask=None):
+        """Conditional and unconditional model inputs (dicts of batched tensors): ``class_labels``, or
+        ``encoder_hidden_states`` (B, S, E) with ``encoder_attention_mask`` (B, S) in both branches."""
         if self.conditioning == "class":
-            if prompt is not None or prompt_embeds is not None:
+            if any(v is not None for v in (prompt, prompt_embeds, negative_prompt_embeds, prompt_mask, negative_mask)):
                 raise ConditioningError("this CMD pipeline is class-conditional: pass class_labels=, not prompts")
             if class_labels is None:
                 raise ConditioningError(
@@ -424,7 +448,9 @@ class CMDPipeline(DiffusionPipeline):
                 prompts = [prompt] if isinstance(prompt, str) else list(prompt)
                 if len(prompts) != batch:
                     raise ConditioningError(f"got {len(prompts)} prompts for {batch} generators; pass one per sample")
-                prompt_embeds = self.encode_prompt(prompts, device)
+                if prompt_mask is not None:
+                    raise ConditioningError("prompt_attention_mask goes with prompt_embeds=, not with prompts")
+                prompt_embeds, prompt_mask = self.encode_prompt_with_mask(prompts, device)
             elif prompt is not None:
                 raise ConditioningError("pass either prompt= or prompt_embeds=, not both")
             if prompt_embeds.shape[0] != batch:
@@ -432,11 +458,17 @@ class CMDPipeline(DiffusionPipeline):
                     f"prompt_embeds has batch {prompt_embeds.shape[0]} for {batch} generators; pass one per sample"
                 )
             if negative_prompt_embeds is None:
-                empty = self.encode_prompt([""], device)  # (1, S, text_dim): the null condition ∅
+                if negative_mask is not None:
+                    raise ConditioningError("negative_prompt_attention_mask goes with negative_prompt_embeds=")
+                empty, empty_mask = self.encode_prompt_with_mask([""], device)  # the null condition ∅
                 negative_prompt_embeds = empty.expand(batch, *empty.shape[1:])
+                negative_mask = empty_mask.expand(batch, -1)
+            prompt_mask = _text_mask(prompt_mask, prompt_embeds, "prompt")
+            negative_mask = _text_mask(negative_mask, negative_prompt_embeds, "negative_prompt")
         return (
-            {"encoder_hidden_states": prompt_embeds.to(device)},
-            {"encoder_hidden_states": negative_prompt_embeds.to(device)},
+            {"encoder_hidden_states": prompt_embeds.to(device), "encoder_attention_mask": prompt_mask.to(device)},
+            {"encoder_hidden_states": negative_prompt_embeds.to(device),
+             "encoder_attention_mask": negative_mask.to(device)},
         )
 
     # --- Step 4: decoding ------------------------------------------------------------------------------
@@ -458,6 +490,21 @@ class CMDPipeline(DiffusionPipeline):
                 lat = video[:, i].to(self.vae.dtype) / scale  # (B, 4, h, w)
                 frames.append(self.vae.decode(lat, return_dict=False)[0].float().clamp(-1, 1).cpu())
         return torch.stack(frames, dim=1)  # (B, L, 3, H, W)
+
+
+def _text_mask(mask: torch.Tensor | None, embeds: torch.Tensor, name: str) -> torch.Tensor:
+    """``mask`` (B, S) as int64 (all ones when None: every position of given embeddings counts), checked
+    against ``embeds`` (B, S, E)."""
+    if mask is None:
+        return torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    mask = torch.as_tensor(mask)
+    if tuple(mask.shape) != tuple(embeds.shape[:2]):
+        raise ConditioningError(
+            f"{name}_attention_mask has shape {tuple(mask.shape)}; {name}_embeds needs (B, S) = {tuple(embeds.shape[:2])}"
+        )
+    if mask.device.type != "meta" and bool((mask.sum(dim=1) == 0).any()):
+        raise ConditioningError(f"{name}_attention_mask has a row with no real token; each row needs at least one 1")
+    return mask.long()
 
 
 def _at_step(eps_fn, t, x, cond):

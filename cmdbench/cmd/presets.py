@@ -16,15 +16,24 @@ Choices the paper leaves open, made here and stated once:
   0.00085-0.012, 1000 steps); every DiT (pixel content DiT, motion DiTs) uses DiT's linear 1e-4-0.02
   schedule, 1000 steps. Both epsilon-prediction.
 - ``learn_sigma=False`` for the DiTs: Algorithm 1 samples with DDIM, which never reads a learned variance.
-- The generator's ``steps`` runs both stages for that many steps (how the paper's Table 9 columns read);
-  set ``generator.motion_steps`` to run the motion stage differently (e.g. 100 per App. B.4).
+- Steps. App. B.4 samples the content model with 50 DDIM steps and the motion model with 100 (the preset's
+  ``steps`` and ``motion_steps``); Table 9's "50 steps" / "100 steps" columns read as both stages running
+  the stated count (cmd-paper.md §7: its 50- vs 100-step FLOPs differ by 50 x (content + motion) per step).
+  ``CMDGenerator.sample(steps=...)`` therefore runs the content stage for ``steps`` and the motion stage for
+  ``CMDGenerator.motion_steps_for(steps)``: the preset's ``motion_steps`` (100) when ``steps`` is the
+  preset's own ``steps`` (50, the quality setting of App. B.4, which every quality run uses by default),
+  else ``steps`` (a caller who asks for another count gets it in both stages, as Table 9 reads it); a
+  ``generator.motion_steps`` set by the caller wins over both. ``cost_stages(steps=...)`` keeps Table 9's
+  explicit reading: ``steps`` motion calls (or ``generator.motion_steps`` when set), so the committed
+  counts (CMD 46.3 TMAC at 50 steps) are unchanged. A harness that *times* ``sample`` for Table 9 at the
+  preset's own step count sets ``generator.motion_steps = steps`` to time what it counts.
 
 Frame sizes: the clip length is fixed (16; the miniatures 8), but the frame size may be any multiple of
 ``CMDPipeline.size_multiple`` (VAE factor x lcm(AE patch x motion patch, motion content patch, content
-model factor): 64 for the SD presets, 4 for ``cmd-ucf101-64``, 8 for ``cmd-tiny``; square for the pixel
-DiT content model). The same weights run at any such size: the autoencoder and motion DiT compute their
-fixed sin-cos positions for the input's grid (identical to the native tables at the native size); the
-SD UNet is convolutional. Quality at non-native sizes is untrained territory; cost is what it is for.
+model factor): 64 for the SD presets, 4 for ``cmd-ucf101-64``, 8 for ``cmd-tiny``). The same weights run at
+any such size: the autoencoder and both DiTs compute their fixed sin-cos positions for the input's grid
+(identical to the native tables at the native size); the SD UNet is convolutional. Quality at non-native
+sizes is untrained territory; cost is what it is for.
 
 ``GeneratorSpec(tiny=True)`` builds a random miniature of the same code path (same space, condition and
 model classes); ``checkpoint=None`` the full architecture with random weights (``device="meta"`` for
@@ -294,11 +303,10 @@ def build_pipeline(
         else:
             content_model = make(lambda: UNet2DConditionModel.from_config(config))
     elif preset.content.kind == "dit":
-        if content_hw[0] != content_hw[1]:
-            raise ValueError(f"{preset.name}: the pixel content DiT needs square frames, got {content_hw}")
         content_model = build_content_dit(
             preset.content.dit_size, preset.num_classes, device=device, dtype=cast, tiny=preset.content.tiny,
-            in_channels=ae_spec.in_channels, sample_size=content_hw[0],
+            in_channels=ae_spec.in_channels,
+            sample_size=content_hw[0] if content_hw[0] == content_hw[1] else list(content_hw),
         )
     else:
         raise ValueError(f"{preset.name}: unknown content model kind {preset.content.kind!r}; allowed 'unet', 'dit'")
@@ -405,7 +413,8 @@ class CMDGenerator:
     """A CMD preset behind cmdbench's ``VideoGenerator`` protocol (and ``SupportsCost``).
 
     ``guidance_scale`` is Algorithm 1's ``w`` (``guidance_form = "paper"``). ``motion_steps`` (default
-    ``None``: same as ``steps``) runs the motion stage for a different number of DDIM steps.
+    ``None``: :meth:`motion_steps_for` decides) fixes the motion stage's DDIM steps for ``sample`` and
+    ``cost_stages``.
     """
 
     guidance_form = "paper"
@@ -430,6 +439,13 @@ class CMDGenerator:
     def stage_hook(self, hook: StageHook | None) -> None:
         self._stage_hook = hook
         self.pipeline.stage_hook = hook
+
+    def motion_steps_for(self, steps: int) -> int:
+        """Motion-stage DDIM steps of ``sample(steps=...)``: ``self.motion_steps`` when set; else the preset's
+        ``motion_steps`` (App. B.4: 100) when ``steps`` is the preset's ``steps`` (50); else ``steps``."""
+        if self.motion_steps is not None:
+            return int(self.motion_steps)
+        return self.preset.motion_steps if steps == self.preset.steps else steps
 
     def check_setting(self, num_frames: int, height: int, width: int) -> None:
         """:class:`UnsupportedSettingError` unless ``num_frames`` is the preset's and the frame size a multiple
@@ -464,7 +480,7 @@ class CMDGenerator:
             prompt=list(prompts) if prompts is not None else None,
             class_labels=list(labels) if labels is not None else None,
             num_frames=num_frames, height=height, width=width,
-            content_steps=steps, motion_steps=self.motion_steps or steps,
+            content_steps=steps, motion_steps=self.motion_steps_for(steps),
             guidance_scale=w, guidance_form="paper", generator=generator, output_type="uint8",
         )
         return out.frames
@@ -472,6 +488,10 @@ class CMDGenerator:
     # -- cost -----------------------------------------------------------------------------------------
     def cost_stages(self, *, num_frames: int, height: int, width: int, steps: int) -> list[CostStage]:
         """The networks one video runs (batch 1 per pass; guidance doubles the denoiser passes).
+
+        Table 9's reading of ``steps``: both stages run ``steps`` calls (the motion stage
+        ``self.motion_steps`` when the caller set it), unlike ``sample``'s App. B.4 default (see the module
+        docstring).
 
         ``decoder`` is CMD's own autoencoder decoder, counted in the paper convention: Table 9 excludes
         only the *SD* decoder, and its 50- vs 100-step totals (46.8 / 92.1 TFLOPs) leave a fixed ~1.5

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cmdbench.cmd import presets
+from cmdbench.cmd.dit_blocks import AdaLNFinalLayer, AdaLNZeroBlock
 from cmdbench.cmd.pipeline import (
     CMDPipeline,
     diffusers_scale_to_paper_weight,
@@ -22,9 +23,18 @@ STEPS = {"content_steps": 2, "motion_steps": 3}
 
 
 def _build(preset) -> CMDPipeline:
+    """A random miniature whose DiT blocks and final layers are redrawn N(0, 0.05): at DiT's initialisation
+    (adaLN-Zero) a DiT outputs exactly zero, and guidance or conditions would have nothing to act on."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return presets.build_pipeline(presets.miniature(preset))
+        pipe = presets.build_pipeline(presets.miniature(preset))
+        with torch.no_grad():
+            for model in (pipe.content_model, pipe.motion_model):
+                for module in model.modules():
+                    if isinstance(module, (AdaLNZeroBlock, AdaLNFinalLayer)):
+                        for p in module.parameters():
+                            p.normal_(std=0.05)
+        return pipe
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +163,84 @@ def test_unconditional_text_branch_is_the_empty_prompt(text_pipe):
 
 
 def test_prompt_embeds_path_equals_prompt_path(text_pipe):
-    embeds = text_pipe.encode_prompt(["Fire"], torch.device("cpu"))
+    embeds, mask = text_pipe.encode_prompt_with_mask(["Fire"], torch.device("cpu"))
     a = text_pipe(["Fire"], generator=make_generators([2]), output_type="latent", **STEPS)
-    b = text_pipe(prompt_embeds=embeds, generator=make_generators([2]), output_type="latent", **STEPS)
+    b = text_pipe(prompt_embeds=embeds, prompt_attention_mask=mask, generator=make_generators([2]),
+                  output_type="latent", **STEPS)
     assert a.frames is None
     torch.testing.assert_close(a.motion_latents, b.motion_latents)
+    # Without the mask every position counts (documented default): the motion condition differs.
+    c = text_pipe(prompt_embeds=embeds, generator=make_generators([2]), output_type="latent", **STEPS)
+    torch.testing.assert_close(c.content_frames, a.content_frames)  # SD's UNet reads all positions anyway
+    assert (c.motion_latents - a.motion_latents).abs().max() > 1e-4
+
+
+def _hf_clip_tokenizer(tmp_path):
+    """A transformers ``CLIPTokenizer`` holding clip-anytorch's vocabulary and merges (offline)."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    from cmdbench.cmd.pipeline import _clip_bpe
+
+    bpe = _clip_bpe()
+    (tmp_path / "vocab.json").write_text(json.dumps(bpe.encoder))
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=77)
+
+
+def test_encode_prompt_with_mask_marks_start_prompt_and_end_tokens(text_pipe, tmp_path):
+    cpu = torch.device("cpu")
+    prompts = ["", "Fire", "a cat on a sofa"]
+    feats, mask = text_pipe.encode_prompt_with_mask(prompts, cpu)
+    assert feats.shape == (3, 77, 32) and mask.shape == (3, 77) and mask.dtype == torch.long
+    torch.testing.assert_close(feats, text_pipe.encode_prompt(prompts, cpu), atol=0, rtol=0)
+    # <start> + words + <end>: 2, 3 and 7 real tokens, then padding.
+    assert mask.sum(dim=1).tolist() == [2, 3, 7]
+    for row, n in zip(mask, [2, 3, 7], strict=True):
+        assert row[:n].eq(1).all() and row[n:].eq(0).all()
+    # transformers' CLIPTokenizer (the SD checkpoint path) gives the same ids and mask.
+    hf = CMDPipeline(**{**text_pipe.components, "tokenizer": _hf_clip_tokenizer(tmp_path)})
+    hf_feats, hf_mask = hf.encode_prompt_with_mask(prompts, cpu)
+    torch.testing.assert_close(hf_mask, mask, atol=0, rtol=0)
+    real = mask.bool()[..., None].expand_as(feats)
+    torch.testing.assert_close(hf_feats[real], feats[real])
+
+
+def test_sampling_gives_the_motion_model_the_masked_mean_in_both_branches(text_pipe):
+    """The motion DiT's text condition is the float64 masked mean of the prompt's and the empty prompt's
+    features; the content UNet gets the features only (SD convention)."""
+    pooled = []
+    hook = text_pipe.motion_model.text_proj.register_forward_hook(lambda _m, args, _o: pooled.append(args[0]))
+    try:
+        with _Spy(text_pipe.motion_model) as motion, _Spy(text_pipe.content_model) as content:
+            text_pipe(["a cat on a sofa"], generator=make_generators([0]), **STEPS)
+    finally:
+        hook.remove()
+    feats, mask = text_pipe.encode_prompt_with_mask(["", "a cat on a sofa"], torch.device("cpu"))
+    for _, kwargs in motion.calls:
+        torch.testing.assert_close(kwargs["encoder_attention_mask"], mask, atol=0, rtol=0)  # [uncond; cond]
+    assert all("encoder_attention_mask" not in kwargs for _, kwargs in content.calls)
+    w = mask.double()[..., None]
+    expected = ((feats.double() * w).sum(1) / w.sum(1)).float()  # (2, E)
+    assert len(pooled) == STEPS["motion_steps"]
+    for got in pooled:
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert (expected - feats.mean(1)).abs().max() > 1e-3  # the plain mean over 77 positions is another thing
+
+
+def test_text_mask_errors(text_pipe, class_pipe):
+    gen = make_generators([0])
+    embeds, mask = text_pipe.encode_prompt_with_mask(["Fire"], torch.device("cpu"))
+    with pytest.raises(ConditioningError, match=r"prompt_attention_mask has shape \(1, 5\)"):
+        text_pipe(prompt_embeds=embeds, prompt_attention_mask=mask[:, :5], generator=gen, **STEPS)
+    with pytest.raises(ConditioningError, match="no real token"):
+        text_pipe(prompt_embeds=embeds, prompt_attention_mask=torch.zeros_like(mask), generator=gen, **STEPS)
+    with pytest.raises(ConditioningError, match="goes with prompt_embeds"):
+        text_pipe(["Fire"], prompt_attention_mask=mask, generator=gen, **STEPS)
+    with pytest.raises(ConditioningError, match="class-conditional"):
+        class_pipe(class_labels=[1], prompt_attention_mask=mask, generator=gen, **STEPS)
 
 
 def test_latent_mode_decodes_each_frame_with_the_vae_scaling_factor(latent_pipe):

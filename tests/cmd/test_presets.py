@@ -3,6 +3,8 @@ cost stages, checkpoint loading with a config check, and the generator's input v
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -26,7 +28,7 @@ def test_every_preset_is_registered_with_paper_defaults():
         assert name in GENERATORS
     ucf, webvid = presets.PRESETS["cmd-ucf101-64"], presets.PRESETS["cmd-webvid-512x1024"]
     assert (ucf.conditioning, ucf.num_classes, ucf.guidance_scale) == ("class", 101, 4.0)
-    assert (webvid.conditioning, webvid.guidance_scale, webvid.steps, webvid.motion_steps) == ("text", 7.5, 50, 100)
+    assert (webvid.conditioning, webvid.guidance_scale) == ("text", 7.5)
     assert webvid.defaults.num_frames == 16 and (webvid.height, webvid.width) == (512, 1024)
 
 
@@ -54,6 +56,8 @@ def test_parameter_counts_per_component(meta):
     assert web["vae"] == 83_653_863  # SD VAE (83.65M)
     assert 674e6 < web["motion_model"] < 677e6  # DiT-XL/2 + text projection (cmd-paper.md §4.3: ~675M)
     assert 455e6 < counts["cmd-ucf101-64"]["motion_model"] < 459e6  # DiT-L/2 (~457M)
+    # DiT-XL/2 content model at 3x64x64, 101 classes (DiT's own 675M at 4x32x32, 1000 classes, learned sigma).
+    assert counts["cmd-ucf101-64"]["content_model"] == 673_771_404
     # The generative part (content + motion + autoencoder) of the T2V preset against Table 10's 1.6B.
     generative = web["content_model"] + web["motion_model"] + web["autoencoder"]
     assert abs(generative - presets.PAPER_TOTAL_PARAMS) / presets.PAPER_TOTAL_PARAMS < 0.03
@@ -76,6 +80,52 @@ def test_cost_stages_run_on_meta(meta):
         gen.cost_stages(num_frames=24, height=512, width=1024, steps=50)
     ucf = meta["cmd-ucf101-64"].cost_stages(num_frames=16, height=64, width=64, steps=50)
     assert [s.name for s in ucf] == ["content", "motion", "decoder"]
+
+
+class _CallCounter:
+    """Counts a module's forward calls (each guided step is one call of batch 2B)."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, 0
+
+    def __enter__(self):
+        original = self.module.forward
+
+        def forward(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        self.module.forward = forward
+        return self
+
+    def __exit__(self, *exc):
+        del self.module.forward
+
+
+def test_sampling_runs_the_presets_motion_steps_and_cost_keeps_table9_reading(meta):
+    """App. B.4: 50 content and 100 motion steps. ``sample(steps=preset.steps)`` runs ``preset.motion_steps``
+    motion steps, another ``steps`` runs both stages for it, ``generator.motion_steps`` wins; the cost harness
+    counts ``steps`` motion calls (Table 9) unless motion steps were set."""
+    for name in ("cmd-ucf101-64", "cmd-webvid-512x1024", "cmd-sd15-512"):
+        preset = presets.PRESETS[name]
+        assert (preset.steps, preset.motion_steps) == (50, 100)
+        assert meta[name].motion_steps_for(50) == 100 and meta[name].motion_steps_for(100) == 100
+        assert meta[name].motion_steps_for(25) == 25
+    ucf = meta["cmd-ucf101-64"]
+    assert [s.calls for s in ucf.cost_stages(num_frames=16, height=64, width=64, steps=50)] == [50, 50, 1]
+
+    preset = replace(presets.miniature(presets.UCF101_64), steps=3, motion_steps=5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        gen = presets.CMDGenerator(preset, presets.build_pipeline(preset), GeneratorSpec(tiny=True))
+    kw = {"labels": [4], "num_frames": 8, "height": 16, "width": 16, "generator": make_generators([0])}
+    for steps, motion_override, expected in ((3, None, (3, 5)), (2, None, (2, 2)), (3, 4, (3, 4))):
+        gen.motion_steps = motion_override
+        with _CallCounter(gen.pipeline.content_model) as content, _CallCounter(gen.pipeline.motion_model) as motion:
+            gen.sample(steps=steps, **{**kw, "generator": make_generators([0])})
+        assert (content.calls, motion.calls) == expected, (steps, motion_override)
+        counted = {s.name: s.calls for s in gen.cost_stages(num_frames=8, height=16, width=16, steps=steps)}
+        assert (counted["content"], counted["motion"]) == (steps, motion_override or steps)
 
 
 def test_tiny_generators_follow_the_protocol():
@@ -125,8 +175,11 @@ def test_size_multiples_and_reduced_size_cost_stages_on_meta(meta):
                        ((8, 64, 64), "num_frames=16 \\(fixed clip length\\)")):
         with pytest.raises(UnsupportedSettingError, match=match):
             gen.check_setting(*bad)
-    with pytest.raises(UnsupportedSettingError, match="height = width"):
-        meta["cmd-ucf101-64"].check_setting(16, 32, 64)  # the pixel DiT content model is square only
+    # The pixel content DiT takes non-square frames too (positions per grid), like every other CMD network.
+    ucf = meta["cmd-ucf101-64"]
+    ucf.check_setting(16, 32, 64)
+    content = {s.name: s for s in ucf.cost_stages(num_frames=16, height=32, width=64, steps=1)}["content"]
+    assert content.module(**content.make_inputs(1)).sample.shape == (1, 3, 32, 64)
 
 
 def test_tiny_preset_samples_at_a_non_native_size():
