@@ -12,7 +12,7 @@ import warnings
 # The explicit list of subcommand modules, in --help order.
 COMMAND_MODULES = (
     "list_cmd", "sample", "bench", "evaluate", "ref_stats", "efficiency", "reproduce",
-    "table", "plot", "compare", "weights", "train",
+    "table", "plot", "compare", "accept", "weights", "train",
 )
 
 EPILOG = """examples:
