@@ -94,9 +94,17 @@ def test_epoch_order_is_a_bijection(n):
         EpochOrder(n, 0, 0)(n)
 
 
+@pytest.mark.parametrize("n", [3, 10_000, 2**20 + 3, 2**32 - 5])
+def test_tabulated_round_functions_equal_the_formula(n):
+    tab, calc = EpochOrder(n, 5, 2), EpochOrder(n, 5, 2, tabulate=False)
+    assert tab._tables is not None and calc._tables is None
+    positions = [0, 1, n // 3, n // 2, n - 1, *range(0, n, max(1, n // 500))]
+    assert [tab(p) for p in positions] == [calc(p) for p in positions]
+
+
 def test_epoch_order_differs_between_epochs_and_seeds_and_is_well_mixed():
     n = 10_000
-    orders = [[EpochOrder(n, s, e)(i) for i in range(n)] for s, e in [(0, 0), (0, 1), (0, 2), (1, 0)]]
+    orders = [list(map(EpochOrder(n, s, e), range(n))) for s, e in [(0, 0), (0, 1), (0, 2), (1, 0)]]
     for a in range(len(orders)):
         for b in range(a + 1, len(orders)):
             same = sum(x == y for x, y in zip(orders[a], orders[b], strict=True))
