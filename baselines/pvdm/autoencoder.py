@@ -13,7 +13,7 @@ the flattened concatenation ``(B, 4, H'W' + T W' + T H')`` = ``(B, 4, 2048)``.
 Decoder: 1x1 convolutions back to ``C``, broadcast sum of the three planes to ``(B, C, T, H', W')``,
 a TimeSformer, and a stride-8 transposed convolution to pixels; ``2 sigmoid(.) - 1``.
 
-Parameter names follow the public MIT-licensed PVDM code (sihyun-yu/PVDM @ 29de527,
+Parameter names follow the public MIT-licensed PVDM code (sihyun-yu/PVDM @ 793172f,
 ``models/autoencoder/autoencoder_vit.py`` and ``vit_modules.py``) so its checkpoints load; the code is
 written anew. Attention scores use ``F.scaled_dot_product_attention``.
 """
@@ -172,6 +172,18 @@ class SummaryAttention(nn.Module):
         return self.to_out(out)
 
 
+class MLPFeedForward(nn.Module):
+    """GELU MLP ``dim -> mlp_dim -> dim``; parameters ``net.0.*`` and ``net.3.*`` as PVDM names them."""
+
+    def __init__(self, dim: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(0.0), nn.Linear(mlp_dim, dim),
+                                 nn.Dropout(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class SummaryTransformer(nn.Module):
     """Pre-norm ViT: ``depth`` x (attention, GELU MLP)."""
 
@@ -179,8 +191,7 @@ class SummaryTransformer(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(
             nn.ModuleList([PreNorm(dim, SummaryAttention(dim, heads, dim_head)),
-                           PreNorm(dim, nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(0.0),
-                                                      nn.Linear(mlp_dim, dim), nn.Dropout(0.0)))])
+                           PreNorm(dim, MLPFeedForward(dim, mlp_dim))])
             for _ in range(depth)
         )
 

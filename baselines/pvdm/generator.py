@@ -5,17 +5,18 @@
 - denoiser: :class:`baselines.pvdm.plane_unet.PlaneUNet` (``configs/latent-diffusion/base.yaml``: 256
   channels, mult [1, 2, 4, 4], 2 res-blocks, attention at [4, 2, 1], 8 heads, ``cond_model`` with zeros
   for a first clip);
-- sampler: DDIM as in PVDM's ``losses/ddpm.py``: 1000-step schedule with betas
-  ``linspace(sqrt 0.0015, sqrt 0.0195)^2`` (its "linear" = diffusers' "scaled_linear"), predicted ``x0``
-  clipped to [-1, 1], ``eta = 1`` (per-step noise drawn per sample), final step returns ``x0``
-  (``set_alpha_to_one``). PVDM spaces timesteps ``int(linspace(-1, 999, S+1))``; diffusers' "linspace"
-  spacing differs from it by at most one timestep. Default 100 steps [INF: the paper's step count for
-  UCF-101 is not in the public config].
+- sampler: PVDM's own DDIM (:mod:`baselines.pvdm.sampler`, ``losses/ddpm.py::ddim_sample``): its
+  timestep grid ``int(linspace(-1, 999, S+1))``, predicted ``x0`` clipped to [-1, 1], per-step noise
+  drawn per sample, and ``x0`` returned after the last step (t = 9 at 100 steps, t = 1 at 400).
+  Defaults: **400 steps, eta = 1**, the setting the released checkpoints are documented with (PVDM
+  README, "Evaluation": "Diffusion Model (400/400-s, eta=1)"). At 1000 steps PVDM switches to its
+  ancestral sampler (``p_sample_loop``), which is not ported: steps 1..999.
 
 Real checkpoints: a directory with ``autoencoder/`` and ``unet/`` (diffusers layout, as
-:meth:`PVDMUCF101.save_pretrained` writes), or PVDM's own ``model_last.pth`` files given as
-``"<autoencoder.pth>::<diffusion.pth>"`` (state dicts whose keys match these modules; a ``diffusion_model.``
-/ ``model.`` prefix is stripped).
+:meth:`PVDMUCF101.save_pretrained` writes), or PVDM's own files given as
+``"<autoencoder .pth>::<diffusion .pth>"``: the first stage's ``model_last.pth`` (``ViTAutoencoder``
+keys) and the diffusion model's ``model_*.pth`` / ``ema_model_*.pth`` (``DiffusionWrapper`` keys,
+``diffusion_model.`` prefix), loaded strictly.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler
 
 from baselines._common.loading import MissingWeightsError, load_component, require_subfolders
 from baselines._common.text_video import place, seeded_init
 from baselines.pvdm.autoencoder import TriplaneAutoencoder
 from baselines.pvdm.plane_unet import PlaneUNet
+from baselines.pvdm.sampler import NUM_TRAIN_TIMESTEPS, alphas_cumprod, ddim_step, ddim_timesteps
 from cmdbench.interfaces import (
     CostStage,
     GeneratorSpec,
@@ -54,17 +55,6 @@ UNET_CONFIG: dict[str, Any] = {"in_channels": 4, "out_channels": 4, "model_chann
                                "channel_mult": [1, 2, 4, 4], "num_res_blocks": 2,
                                "attention_resolutions": [4, 2, 1], "num_heads": 8, "plane_size": 32,
                                "plane_frames": 16, "cond_model": True}
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0015,
-    "beta_end": 0.0195,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": True,
-    "clip_sample_range": 1.0,
-    "set_alpha_to_one": True,
-    "timestep_spacing": "linspace",
-    "prediction_type": "epsilon",
-}
 TINY_AE_CONFIG: dict[str, Any] = {"channels": 32, "resolution": 32, "frames": 4, "patch_size": 8, "depth": 1,
                                   "heads": 2, "dim_head": 16, "embed_dim": 4, "summary_depth": 1,
                                   "summary_heads": 2, "summary_mlp_dim": 32}
@@ -72,7 +62,8 @@ TINY_UNET_CONFIG: dict[str, Any] = {**UNET_CONFIG, "model_channels": 16, "channe
                                     "num_res_blocks": 1, "attention_resolutions": [2], "num_heads": 2,
                                     "plane_size": 4, "plane_frames": 4, "norm_num_groups": 8}
 
-DEFAULTS = SamplingDefaults(num_frames=16, height=256, width=256, steps=100, guidance_scale=None)
+# PVDM README, "Evaluation": the released UCF-101 / SkyTimelapse diffusion models, "400/400-s, eta=1".
+DEFAULTS = SamplingDefaults(num_frames=16, height=256, width=256, steps=400, guidance_scale=None)
 TINY_DEFAULTS = SamplingDefaults(num_frames=4, height=32, width=32, steps=2, guidance_scale=None)
 
 
@@ -89,7 +80,6 @@ class PVDMUCF101:
         self.autoencoder = autoencoder.eval()
         self.unet = unet.eval()
         self.defaults = defaults
-        self.scheduler_config = dict(SCHEDULER_CONFIG)
         self.device = torch.device(device)
         self.dtype = dtype
         self.eta = ETA
@@ -105,8 +95,12 @@ class PVDMUCF101:
                     f"{self.name}: {what}={value!r}; allowed only {allowed} (the autoencoder's learned "
                     f"position tables fix {ae.frames} frames of {ae.resolution}x{ae.resolution})"
                 )
-        if not isinstance(steps, int) or not 1 <= steps <= self.scheduler_config["num_train_timesteps"]:
-            raise UnsupportedSettingError(f"{self.name}: steps={steps!r}; allowed 1..1000")
+        last = NUM_TRAIN_TIMESTEPS - 1
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= last:
+            raise UnsupportedSettingError(
+                f"{self.name}: steps={steps!r}; allowed 1..{last} (PVDM's DDIM sampler; at "
+                f"{NUM_TRAIN_TIMESTEPS} PVDM switches to its ancestral sampler, which is not ported)"
+            )
         if guidance not in (None, 1.0):
             raise UnsupportedSettingError(
                 f"{self.name} is unconditional: guidance_scale={guidance!r}; allowed None (no guidance)"
@@ -131,15 +125,17 @@ class PVDMUCF101:
             raise ValueError(f"{self.name}: pass at least one torch.Generator (one per sample)")
         check_conditioning(self.name, self.conditioning, batch, prompts=prompts, labels=labels)
         self.check_settings(num_frames, height, width, steps, guidance_scale)
-        scheduler = DDIMScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps, device=self.device)
+        times = ddim_timesteps(steps)  # [t_1 > ... > t_S, -1]
+        alphas = alphas_cumprod().to(self.device)
         shape = (self.autoencoder.config.embed_dim, self.autoencoder.latent_length)
         latents = randn_per_sample(generator, shape, device=self.device)  # (B, 4, 2048) float32
         with stage(self.stage_hook, "denoiser"):
-            for t in scheduler.timesteps:
-                eps = self.unet(latents.to(self.dtype), t).float()  # (B, 4, 2048)
-                noise = randn_per_sample(generator, shape, device=self.device) if self.eta > 0 else None
-                latents = scheduler.step(eps, t, latents, eta=self.eta, variance_noise=noise).prev_sample
+            for t, t_next in zip(times[:-1], times[1:], strict=True):
+                eps = self.unet(latents.to(self.dtype), torch.tensor(t, device=self.device)).float()  # (B, 4, 2048)
+                noise = None
+                if self.eta > 0 and t_next >= 0:  # per-step noise, drawn per sample
+                    noise = randn_per_sample(generator, shape, device=self.device)
+                latents = ddim_step(latents, eps, t, t_next, alphas, self.eta, noise)
         with stage(self.stage_hook, "decoder"):
             videos = torch.cat([self.autoencoder.decode(z[None].to(self.dtype)).float() for z in latents])
         return float_to_uint8(videos.transpose(1, 2).clamp(-1, 1).cpu(), value_range=(-1.0, 1.0))
@@ -170,15 +166,27 @@ class PVDMUCF101:
         return path
 
 
+def pvdm_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A state dict as PVDM's trainer saves it -> this port's keys (which are PVDM's own names).
+
+    Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` and strips the ``diffusion_model.`` prefix of
+    PVDM's ``DiffusionWrapper`` (or a ``model.`` prefix) when every key carries it.
+    """
+    state = state.get("state_dict", state.get("model", state))
+    for prefix in ("diffusion_model.", "model."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
 def _load_pth(path: Path, module: torch.nn.Module) -> torch.nn.Module:
     if not path.is_file():
         raise MissingWeightsError(f"{NAME}: weight file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    for prefix in ("diffusion_model.", "model."):
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    module.load_state_dict(state, strict=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        module.load_state_dict(pvdm_state_dict(state), strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(f"{NAME}: {path} does not match PVDM's {type(module).__name__} layout: {err}") from err
     return module
 
 

@@ -8,7 +8,7 @@ planes' features are flattened, concatenated and mixed by a joint 1D self-attent
 flows between planes. ``cond_model``: the input convolution takes ``2 x in_channels`` (the latent of a
 previous clip for long videos; zeros for a first/short clip).
 
-Parameter names follow the public MIT-licensed PVDM code (sihyun-yu/PVDM @ 29de527, ``models/ddpm/unet.py``)
+Parameter names follow the public MIT-licensed PVDM code (sihyun-yu/PVDM @ 793172f, ``models/ddpm/unet.py``)
 so its checkpoints load; the code is written anew. Attention uses ``F.scaled_dot_product_attention`` with
 the legacy head split (per head: q, k, v contiguous in the qkv projection).
 """
