@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -14,11 +15,18 @@ from cmdbench.cmd.autoencoder import CMDAutoencoder
 from cmdbench.cmd.motion_dit import MotionDiT
 from cmdbench.cmd.training import (
     LatentCache,
+    StageTrainer,
     TrainConfig,
     TrainConfigError,
     batch_indices,
+    build_components,
+    build_lpips,
     checkpoint_dirs,
+    describe_steps,
+    load_lpips_backbone,
+    lpips_per_frame,
     sample_index,
+    sequence_batches,
     train,
 )
 from cmdbench.data.synthetic import moving_shape
@@ -53,12 +61,13 @@ def state(path) -> dict[str, torch.Tensor]:
     return cls.from_pretrained(path).state_dict()
 
 
-@pytest.mark.parametrize("stage", ["motion", "autoencoder"])
-def test_resume_after_a_kill_equals_training_straight_through(tmp_path, stage):
+@pytest.mark.parametrize(("stage", "accumulation"), [("motion", 1), ("autoencoder", 1), ("motion", 2)])
+def test_resume_after_a_kill_equals_training_straight_through(tmp_path, stage, accumulation):
     data = clips()
-    straight = train(config(tmp_path, "straight", stage=stage), data)
+    kw = {"stage": stage, "gradient_accumulation_steps": accumulation}
+    straight = train(config(tmp_path, "straight", **kw), data)
     AcceleratorState._reset_state(reset_partial_state=True)
-    cfg = config(tmp_path, "killed", stage=stage)
+    cfg = config(tmp_path, "killed", **kw)
     train(cfg, data, stop_after_steps=3)  # step 3 is lost, as in a kill after the step-2 checkpoint
     assert [p.name for p in checkpoint_dirs(tmp_path / "killed")] == ["step-00000002"]
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -198,3 +207,248 @@ def test_two_process_cpu_training_with_torchrun(tmp_path):
     assert (step / "random_states_0.pkl").is_file() and (step / "random_states_1.pkl").is_file()
     assert (tmp_path / "run" / "final" / "motion_model" / "config.json").is_file()
     assert proc.stdout.count("final EMA weights") == 1
+
+
+# --- Gradient accumulation ------------------------------------------------------------------------------
+
+
+def test_two_accumulated_micro_batches_of_one_equal_one_batch_of_two(tmp_path, monkeypatch):
+    """The autoencoder stage is deterministic (no noise, no dropout): accumulating two micro-batches of one
+    clip must hand the optimizer the (clipped) gradient of the batch of two, once per optimizer step
+    (accelerate divides each micro-batch loss by the accumulation steps)."""
+    seen: list[list[torch.Tensor]] = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):  # the gradients each optimizer step applies
+        seen.append([p.grad.detach().clone() for group in self.param_groups for p in group["params"]])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    data = clips(4)
+    common = {"stage": "autoencoder", "max_steps": 3, "checkpoint_every": 3, "learning_rate": 1e-3}
+    runs = {}
+    for name, kw in (("batch", {"batch_size": 2}), ("accum", {"batch_size": 1, "gradient_accumulation_steps": 2}),
+                     ("single", {"batch_size": 1})):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        seen.clear()
+        losses: list[float] = []
+        final = train(config(tmp_path, name, **common, **kw), data, on_step=lambda s, v, out=losses: out.append(v))
+        runs[name] = (losses, list(seen), final)
+    (loss_b, grads_b, final_b), (loss_a, grads_a, final_a) = runs["batch"], runs["accum"]
+    grads_1 = runs["single"][1]
+    assert len(loss_a) == len(grads_a) == 3  # steps count optimizer steps, not micro-batches
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for step_b, step_a in zip(grads_b, grads_a, strict=True):
+        for gb, ga in zip(step_b, step_a, strict=True):
+            torch.testing.assert_close(ga, gb, atol=1e-7, rtol=1e-4)
+    # One clip per step instead differs: the comparison can see a wrong accumulation.
+    assert not torch.allclose(grads_1[0][0], grads_b[0][0], atol=1e-6)
+    a, b = state(final_b), state(final_a)
+    key = "encoder_pre_layer.weight"  # a weight with a real gradient ends up the same
+    torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_global_batch_size_sets_the_accumulation_and_is_recorded(tmp_path):
+    cfg = config(tmp_path, "g", stage="autoencoder", batch_size=2, global_batch_size=6, max_steps=1)
+    assert cfg.accumulation(1) == (3, 6) and cfg.accumulation(3) == (1, 6)
+    with pytest.raises(TrainConfigError, match="global_batch_size=6 is not batch_size 2 x 2 process"):
+        cfg.accumulation(2)
+    with pytest.raises(TrainConfigError, match="disagrees"):
+        config(tmp_path, "x", batch_size=2, global_batch_size=6, gradient_accumulation_steps=2).accumulation(1)
+    with pytest.raises(TrainConfigError, match="gradient_accumulation_steps"):
+        config(tmp_path, "x", gradient_accumulation_steps=0)
+    assert "global batch 6 (2 x 1 process(es) x 3 accumulation)" in describe_steps(cfg, 10)
+    micro: list[int] = []
+    train(cfg, clips(), on_step=lambda step, loss: micro.append(step))
+    info = json.loads((tmp_path / "g" / "run_info.json").read_text())
+    assert (info["global_batch_size"], info["gradient_accumulation_steps"], info["world_size"]) == (6, 3, 1)
+    assert json.loads((tmp_path / "g" / "final" / "stage.json").read_text())["global_batch_size"] == 6
+
+
+# --- Replaced clips are recorded ------------------------------------------------------------------------
+
+
+def test_replaced_clips_are_recorded_once_even_across_a_resume(tmp_path):
+    from cmdbench.data.clips import SkippedClip
+
+    good = clips(3)
+    data = [good[0], SkippedClip("broken_a.mp4", "moov atom not found", 1), good[1],
+            SkippedClip("broken_b.mp4", "truncated", 3), good[2]]
+    seen: list = []
+    train(config(tmp_path, "straight"), data)
+    straight = (tmp_path / "straight" / "skipped.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in straight]
+    assert records and {r["source"] for r in records} <= {"broken_a.mp4", "broken_b.mp4"}
+    assert all(r["reason"] in ("moov atom not found", "truncated") and 1 <= r["step"] <= 4 for r in records)
+    # 4 steps x 2 clips = 8 draws over 5 items: the 2 broken ones are hit (and replaced) in every epoch.
+    n_epochs_started = -(-8 // 5)
+    assert len(records) >= n_epochs_started
+    AcceleratorState._reset_state(reset_partial_state=True)
+    cfg = config(tmp_path, "killed")
+    train(cfg, data, stop_after_steps=3)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(cfg, data, on_step=lambda step, loss: seen.append(step))
+    assert seen == [3, 4]
+    resumed = (tmp_path / "killed" / "skipped.jsonl").read_text().splitlines()
+    assert resumed == straight  # step 3 was trained twice but recorded once
+
+
+# --- Required parts, autocast, LPIPS ----------------------------------------------------------------------
+
+
+def test_full_size_runs_need_their_real_parts(tmp_path):
+    with pytest.raises(TrainConfigError, match="sd_checkpoint to a local Stable Diffusion 2.1-base folder"):
+        TrainConfig(stage="autoencoder", output_dir="x", preset="cmd-webvid-512x1024")
+    with pytest.raises(TrainConfigError, match="sd_checkpoint"):
+        TrainConfig(stage="motion", output_dir="x", preset="cmd-sd15-512", autoencoder="ae")
+    with pytest.raises(TrainConfigError, match="set autoencoder to the autoencoder run's output_dir"):
+        TrainConfig(stage="content", output_dir="x", preset="cmd-ucf101-64")
+    # Miniatures are exempt: they exist to run without real weights.
+    TrainConfig(stage="content", output_dir="x", preset="cmd-ucf101-64", tiny=True)
+    TrainConfig(stage="motion", output_dir="x", preset="cmd-webvid-512x1024", tiny=True)
+    TrainConfig(stage="motion", output_dir="x", preset="cmd-tiny")
+
+
+def test_the_autoencoder_folder_is_checked(tmp_path):
+    data = clips(2)
+    train(config(tmp_path, "ae", stage="autoencoder", max_steps=1), data)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(config(tmp_path, "m1", autoencoder=str(tmp_path / "nope")), data)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(config(tmp_path, "m2", max_steps=1, autoencoder=str(tmp_path / "ae")), data)  # the run's output_dir
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(TrainConfigError, match="output of a 'motion' run"):
+        train(config(tmp_path, "m3", autoencoder=str(tmp_path / "m2")), data)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(TrainConfigError, match="trained for preset cmd-tiny; this run is cmd-ucf101-64"):
+        train(config(tmp_path, "u", preset="cmd-ucf101-64", tiny=True,
+                     autoencoder=str(tmp_path / "ae" / "final" / "autoencoder")), [(v, 0) for v, _ in data])
+
+
+def test_frozen_encoders_run_under_autocast_and_losses_stay_float32(tmp_path, monkeypatch):
+    from transformers import CLIPTextModel
+
+    flags: dict[str, list[bool]] = {"autoencoder": [], "text_encoder": []}
+    real_encode, real_text = CMDAutoencoder.encode, CLIPTextModel.forward
+
+    def encode(self, video):
+        flags["autoencoder"].append(torch.is_autocast_enabled("cpu"))
+        return real_encode(self, video)
+
+    def text(self, *args, **kwargs):
+        flags["text_encoder"].append(torch.is_autocast_enabled("cpu"))
+        return real_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(CMDAutoencoder, "encode", encode)
+    monkeypatch.setattr(CLIPTextModel, "forward", text)
+    losses: list[float] = []
+    train(config(tmp_path, "bf16", max_steps=1, mixed_precision="bf16"), clips(2),
+          on_step=lambda step, loss: losses.append(loss))
+    assert flags["autoencoder"] == [True] and flags["text_encoder"] and all(flags["text_encoder"])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    flags = {"autoencoder": [], "text_encoder": []}
+    train(config(tmp_path, "fp32", max_steps=1), clips(2))
+    assert flags["autoencoder"] == [False] and not any(flags["text_encoder"])
+    # The loss is reduced in float32 even when the model runs in bf16.
+    cfg = config(tmp_path, "unused", mixed_precision="bf16")
+    trainer = StageTrainer(cfg, build_components(cfg), torch.device("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = trainer.loss(next(sequence_batches(clips(2), batch_size=2, seed=0)))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+@pytest.fixture(scope="module")
+def random_lpips() -> dict[str, torch.nn.Module]:
+    """LPIPS with RANDOM backbones (no ImageNet file here: their values are not LPIPS), built once: torchvision
+    initialises the whole VGG-16 / AlexNet, classifier included, which takes seconds."""
+    torch.manual_seed(0)
+    return {net: build_lpips(net, backbone="random") for net in ("vgg", "alex")}
+
+
+@pytest.fixture
+def cached_lpips(random_lpips, monkeypatch):
+    from cmdbench.cmd import training
+
+    monkeypatch.setattr(training, "build_lpips", lambda net, backbone="imagenet": random_lpips[net])
+    return random_lpips
+
+
+def lpips_trainer(weight: float, net: str = "vgg") -> StageTrainer:
+    cfg = TrainConfig(stage="autoencoder", output_dir="unused", lpips_weight=weight, lpips_net=net,
+                      lpips_backbone="random")  # a RANDOM backbone: these values are not LPIPS
+    return StageTrainer(cfg, build_components(cfg), torch.device("cpu"))
+
+
+def test_lpips_term_is_per_frame_mean_on_minus_one_to_one_frames(cached_lpips):
+    torch.manual_seed(0)
+    trainer = lpips_trainer(0.5)
+    a = torch.rand(2, 3, 8, 16, 16) * 2 - 1  # (B, C, L, H, W)
+    b = (a + 0.3 * torch.randn_like(a)).clamp(-1, 1)
+    assert lpips_per_frame(trainer.lpips, a, a).item() == 0.0  # identical clips
+    reference = torch.stack([trainer.lpips(a[i, :, t][None], b[i, :, t][None]).reshape(())
+                             for i in range(2) for t in range(8)]).mean()  # lpips itself, frame by frame
+    assert lpips_per_frame(trainer.lpips, a, b).item() == pytest.approx(reference.item(), rel=1e-5)
+    assert reference.item() > 0
+
+
+def test_lpips_term_changes_the_gradient_by_its_own_gradient(cached_lpips):
+    torch.manual_seed(0)
+    with_lpips = lpips_trainer(0.5)
+    without = lpips_trainer(0.0)
+    batch = next(sequence_batches(clips(2), batch_size=2, seed=0))
+    grads = {}
+    for name, trainer in (("with", with_lpips), ("without", without)):
+        ae = trainer.model()
+        ae.zero_grad()
+        trainer.loss(batch).backward()
+        grads[name] = ae.encoder_pre_layer.weight.grad.clone()
+    # The difference is the gradient of 0.5 x the per-frame LPIPS computed by lpips itself.
+    ae = without.model()
+    ae.zero_grad()
+    video = with_lpips.stage_inputs(batch).video
+    recon = ae(video)
+    frames = [with_lpips.lpips(recon[i, :, t][None], video[i, :, t][None]).reshape(())
+              for i in range(2) for t in range(video.shape[2])]
+    (0.5 * torch.stack(frames).mean()).backward()
+    assert not torch.allclose(grads["with"], grads["without"])
+    torch.testing.assert_close(grads["with"] - grads["without"], ae.encoder_pre_layer.weight.grad,
+                               atol=1e-6, rtol=1e-4)
+
+
+def test_lpips_configuration_errors_and_backbone_weights(tmp_path, monkeypatch, cached_lpips):
+    import torchvision
+
+    from cmdbench.weights import MissingWeightsError
+
+    with pytest.raises(TrainConfigError, match="Stable Diffusion VAE latents"):
+        TrainConfig(stage="autoencoder", output_dir="x", preset="cmd-webvid-512x1024", tiny=True, lpips_weight=0.1)
+    with pytest.raises(TrainConfigError, match="autoencoder stage only"):
+        TrainConfig(stage="motion", output_dir="x", lpips_weight=0.1)
+    with pytest.raises(TrainConfigError, match="lpips_net"):
+        TrainConfig(stage="autoencoder", output_dir="x", lpips_net="squeeze")
+    with pytest.raises(TrainConfigError, match="at least 32x32"):  # AlexNet cannot see 16x16 frames
+        lpips_trainer(0.1, net="alex")
+    # The ImageNet backbone comes from the cmdbench weights cache; a missing file names the fetch command.
+    monkeypatch.setenv("CMDBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    import lpips
+
+    monkeypatch.setattr(lpips, "LPIPS", lambda **kw: cached_lpips[kw["net"]])  # skip the slow random init
+    with pytest.raises(MissingWeightsError, match="cmdbench weights fetch torchvision_alexnet_imagenet1k_v1"):
+        build_lpips("alex")
+    # torchvision's features.{i} land in lpips' slices (a random torchvision AlexNet stands in for the file).
+    tv = torchvision.models.alexnet(weights=None).state_dict()
+    model = cached_lpips["alex"]
+    load_lpips_backbone(model, tv)
+    for key, value in model.net.state_dict().items():
+        index, leaf = key.split(".", 2)[1:]
+        assert torch.equal(value, tv[f"features.{index}.{leaf}"]), key
+
+
+def test_autoencoder_trains_with_the_lpips_term(tmp_path, cached_lpips):
+    losses: list[float] = []
+    cfg = config(tmp_path, "ae", stage="autoencoder", max_steps=2, lpips_weight=1.0, lpips_net="vgg",
+                 lpips_backbone="random")
+    train(cfg, clips(2), on_step=lambda step, loss: losses.append(loss))
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
