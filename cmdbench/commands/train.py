@@ -78,11 +78,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def build_dataset(cfg):
     """The configured dataset at the preset's clip length and frame size."""
+    import cmdbench.data.datasets  # noqa: F401  (registers the built-in datasets)
     from cmdbench.cmd.training import TrainConfigError
     from cmdbench.data.clips import ClipSpec
     from cmdbench.registry import DATASETS, load_plugins
 
-    load_plugins()
+    if cfg.dataset not in DATASETS:
+        load_plugins()  # a dataset registered by a plugin
     preset = cfg.resolved_preset()
     if not cfg.data_dir:
         raise TrainConfigError("TrainConfig.data_dir is empty; set the dataset root folder")
