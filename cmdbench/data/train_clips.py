@@ -324,8 +324,11 @@ def make_train_loader(dataset: TrainClips, *, batch_size: int, seed: int, rank: 
         raise ValueError(f"num_workers={num_workers}; allowed >= 0")
     sampler = TrainBatchSampler(len(dataset), batch_size=batch_size, rank=rank, world_size=world_size,
                                 start_step=start_step)
+    # its own generator: the DataLoader draws its workers' base seed from it, not from the global torch RNG,
+    # so starting (or restarting) a loader leaves the training loop's random stream untouched
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_train_clips,
-                      pin_memory=pin_memory, prefetch_factor=prefetch_factor if num_workers > 0 else None)
+                      pin_memory=pin_memory, prefetch_factor=prefetch_factor if num_workers > 0 else None,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 # --- the listed datasets --------------------------------------------------------------------------------

@@ -226,6 +226,14 @@ def test_batches_are_the_same_for_any_num_workers_and_resume_is_exact(ucf):
     assert all(isinstance(c, int) and 0 <= c < 101 for b in ref for c in b.conditions)
 
 
+def test_the_loader_leaves_the_global_torch_rng_alone(ucf):
+    ds = build_train_clips("ucf101", ucf, TrainClipSpec(num_frames=2, size=(8, 8)))
+    for workers in (0, 1):
+        state = torch.get_rng_state()
+        next(iter(make_train_loader(ds, batch_size=2, seed=0, rank=0, world_size=1, num_workers=workers)))
+        assert torch.equal(torch.get_rng_state(), state)  # a resumed run's noise stream is not shifted
+
+
 def test_ranks_split_each_epoch_without_overlap(ucf):
     ds = build_train_clips("ucf101", ucf, TrainClipSpec(num_frames=2, size=(8, 8)))
     r0 = _batches(ds, 1, rank=0, world_size=2, num_workers=0)[0]
