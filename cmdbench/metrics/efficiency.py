@@ -707,3 +707,19 @@ def measure_sampling(
         peak_memory=max(r.peak_overall for r in runs), memory_label=memory.label, baseline_memory=baseline,
         excluded_stages=tuple(excluded_stages),
     )
+
+
+# --- Training-step description ---------------------------------------------------------------------------
+
+
+def training_stages(generator: Any, *, num_frames: int, height: int, width: int) -> tuple[list[CostStage], str]:
+    """The networks one training step runs, one forward each, and where the description came from.
+
+    ``generator.training_cost_stages`` when the generator has one, else the paper-convention (denoiser)
+    stages of ``cost_stages`` at one step. ``UnsupportedSettingError`` from the generator propagates.
+    """
+    hook = getattr(generator, "training_cost_stages", None)
+    if hook is not None:
+        return list(hook(num_frames=num_frames, height=height, width=width)), "training_cost_stages"
+    stages = generator.cost_stages(num_frames=num_frames, height=height, width=width, steps=1)
+    return [s for s in stages if s.paper_convention], "cost_stages (denoisers only)"
