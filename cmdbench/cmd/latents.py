@@ -20,8 +20,8 @@ in latent mode, **one VAE posterior sample** of it, frozen at build time; the on
 window and posterior sample on every access. To keep epochs from all seeing the same frames, build the
 store from a loader with ``clips_per_video > 1`` (``cmdbench.data.train_clips``: one epoch of it lists
 ``clips_per_video`` random windows per video), so the store holds that many windows per video (and
-posterior samples), and training cycles through them. The cost is disk (about 40 KB per sample at
-UCF-101's 3x64x64 + 8x16x64 fp16, 90 KB at WebVid's 4x64x128 + 8x16x96) and the loss of fresh
+posterior samples), and training cycles through them. The cost is disk (about 47 KB per sample at
+UCF-101's 3x64x64 + 8x16x64 fp16, 92 KB at WebVid's 4x64x128 + 8x16x96, tar headers included) and the loss of fresh
 randomness beyond ``clips_per_video``; the gain is that the diffusion stages skip decoding and both
 encoders. Noise for sample ``n`` of rank ``r`` comes from :func:`sample_seed` (from the clip's key
 ``(epoch, position)`` when the batch carries one), so a resumed build redraws exactly the same noise.
@@ -232,7 +232,26 @@ def build_latent_store(batches: Iterable[Any], out_dir: str | Path, autoencoder,
                          f"has already stored in {out_dir}")
     if done:
         logger.info("latent store %s: rank %d resumes after %d stored samples", out_dir, rank, done)
-    position = first_sample
+    modes = [(m, m.training) for m in (autoencoder, vae) if m is not None]
+    try:
+        for module, _ in modes:
+            module.eval()  # frozen encoders: no dropout while encoding
+        position = _encode_into(writer, batches, autoencoder, vae, seed=seed, rank=rank, done=done,
+                                position=first_sample, num_samples=num_samples,
+                                max_frames_per_call=max_frames_per_call, autocast_dtype=autocast_dtype)
+    finally:
+        for module, training in modes:
+            module.train(training)
+    if num_samples is not None and position < num_samples:
+        raise LatentStoreError(f"rank {rank}: the input ended after {position} samples, num_samples={num_samples}; "
+                               f"{out_dir} stays unfinished (complete shards are kept for a resume)")
+    return writer.finish()
+
+
+def _encode_into(writer: LatentStoreWriter, batches: Iterable[Any], autoencoder, vae, *, seed: int, rank: int,
+                 done: int, position: int, num_samples: int | None, max_frames_per_call: int,
+                 autocast_dtype: torch.dtype | None) -> int:
+    """Encode and write the samples of ``batches`` from ``done`` on; returns the stream position reached."""
     if num_samples is None or position < num_samples:
         for batch in batches:
             videos, conditions, ids, keys = _unpack(batch)
@@ -243,6 +262,7 @@ def build_latent_store(batches: Iterable[Any], out_dir: str | Path, autoencoder,
                 content, motion = encode_clips(videos, autoencoder, vae, generators,
                                                max_frames_per_call=max_frames_per_call,
                                                autocast_dtype=autocast_dtype)
+                content, motion = content.cpu(), motion.cpu()  # one transfer per batch
                 if position >= done:  # a batch stored in part had its replacements recorded already
                     writer.note_replaced(getattr(batch, "replaced", None) or [])
                 for j in range(take):
@@ -252,10 +272,7 @@ def build_latent_store(batches: Iterable[Any], out_dir: str | Path, autoencoder,
             position += take
             if num_samples is not None and position >= num_samples:
                 break
-    if num_samples is not None and position < num_samples:
-        raise LatentStoreError(f"rank {rank}: the input ended after {position} samples, num_samples={num_samples}; "
-                               f"{out_dir} stays unfinished (complete shards are kept for a resume)")
-    return writer.finish()
+    return position
 
 
 __all__ = [

@@ -59,7 +59,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from cmdbench.data.epoch_order import EpochOrder
 
 FORMAT = "cmdbench-latent-store/1"
-DEFAULT_SAMPLES_PER_SHARD = 1000  # ~40 MB at UCF-101's 3x64x64 + 8x16x64 fp16, ~90 MB at WebVid 512x1024
+DEFAULT_SAMPLES_PER_SHARD = 1000  # ~47 MB at UCF-101's 3x64x64 + 8x16x64 fp16, ~92 MB at WebVid 512x1024
 STORE_DTYPE = np.float16
 _CACHED_SHARDS = 2  # a batch spans at most two consecutive shards of a rank's stream
 
