@@ -107,8 +107,13 @@ def test_each_videos_noise_comes_from_its_own_generator(tiny_vae):
 
 def test_autocast_runs_the_frozen_encoders_in_bf16(latent_pipe):
     seen: list[torch.dtype] = []
-    hooks = [latent_pipe.vae.encoder.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype)),
-             latent_pipe.autoencoder.encoder_pre_layer.register_forward_hook(lambda m, i, o: seen.append(o.dtype))]
+
+    def record(module, inputs, output):
+        assert torch.is_inference_mode_enabled()  # frozen: no autograd graph, no version counters
+        seen.append(output.dtype)
+
+    hooks = [latent_pipe.vae.encoder.conv_in.register_forward_hook(record),
+             latent_pipe.autoencoder.encoder_pre_layer.register_forward_hook(record)]
     v = videos(2, 8, 32)
     try:
         full = encode_clips(v, latent_pipe.autoencoder, latent_pipe.vae, gens(1, 2))
