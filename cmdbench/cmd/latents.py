@@ -49,6 +49,7 @@ from cmdbench.data.latent_store import (
     LatentStoreWriter,
     open_latent_loader,
     stored_samples,
+    wait_for_store,
 )
 from cmdbench.seeding import randn_per_sample
 
@@ -278,5 +279,5 @@ def _encode_into(writer: LatentStoreWriter, batches: Iterable[Any], autoencoder,
 __all__ = [
     "LatentBatch", "LatentStoreInfo", "autoencoder_digest", "build_latent_store", "encode_clips",
     "frozen_inference", "latent_store_key", "open_latent_loader", "sample_seed", "stored_samples",
-    "videos_to_model_space",
+    "videos_to_model_space", "wait_for_store",
 ]

@@ -44,6 +44,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -467,6 +468,23 @@ class LatentStore:
                 skip = 0
 
 
+def wait_for_store(root: str | Path, *, world_size: int, poll_s: float = 5.0, timeout_s: float | None = None,
+                   identity: dict[str, Any] | None = None) -> LatentStore:
+    """Wait until every rank ``0 .. world_size - 1`` has finished its part of ``root``, by polling the index
+    files (no collective: a long build cannot hit a process-group timeout), then open the store.
+    ``timeout_s=None`` waits as long as it takes; on a timeout the error names the unfinished ranks."""
+    root = Path(root)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        unfinished = [r for r in range(world_size) if not (root / index_name(r)).is_file()
+                      or not _read_json(root / index_name(r)).get("complete")]
+        if not unfinished:
+            return LatentStore.open(root, identity=identity)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise LatentStoreError(f"{root}: ranks {unfinished} did not finish their part within {timeout_s} s")
+        time.sleep(poll_s)
+
+
 def _decode(sample: dict[str, Any], path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     try:
         content = np.lib.format.read_array(io.BytesIO(sample["content.npy"]), allow_pickle=False)
@@ -547,5 +565,5 @@ def open_latent_loader(store_dir: str | Path, *, batch_size: int, seed: int, ran
 __all__ = [
     "DEFAULT_SAMPLES_PER_SHARD", "LatentBatch", "LatentBatches", "LatentStore", "LatentStoreError",
     "LatentStoreInfo", "LatentStoreWriter", "ShardEntry", "index_name", "open_latent_loader", "shard_name",
-    "stored_samples",
+    "stored_samples", "wait_for_store",
 ]

@@ -25,6 +25,7 @@ from cmdbench.data.latent_store import (
     open_latent_loader,
     shard_name,
     stored_samples,
+    wait_for_store,
 )
 
 
@@ -279,3 +280,14 @@ def test_bad_samples_are_refused_naming_the_sample(tmp_path):
     with pytest.raises(TypeError, match="'cond'.*condition"):
         writer.write(content=content, motion=motion, condition=1.5, sample_id="cond")
     assert writer.finish().num_samples == 1
+
+
+def test_wait_for_store_polls_until_every_rank_is_complete(tmp_path):
+    write(tmp_path, range(4), rank=0, world=2)
+    late = write(tmp_path, range(4, 6), rank=1, world=2, finish=False)
+    with pytest.raises(LatentStoreError, match=r"ranks \[1\] did not finish"):
+        wait_for_store(tmp_path, world_size=2, poll_s=0.01, timeout_s=0.05)
+    timer = threading.Timer(0.2, late.finish)
+    timer.start()
+    store = wait_for_store(tmp_path, world_size=2, poll_s=0.02, timeout_s=30)
+    assert store.num_samples == 6
