@@ -48,6 +48,7 @@ from cmdbench.data.datasets import folder_sources, ucf101_sources, webvid_source
 from cmdbench.data.epoch_order import EpochOrder
 from cmdbench.data.policy import DataReport, DatasetError, SkippedItem, check_policy
 from cmdbench.data.readers import SourceInfo, UnreadableVideoError, read_chosen_frames
+from cmdbench.data.source_table import SourceTable
 
 ORDER_ALGORITHM = "feistel6-splitmix64-cyclewalk/v1"  # in describe(): a change of algorithm changes cache keys
 
@@ -152,7 +153,7 @@ class TrainClips(Dataset):
                  report: DataReport | None = None, index_files: Sequence[Path] = ()) -> None:
         self.name = name
         self.root = Path(root)
-        self.sources = list(sources)
+        self.sources = SourceTable(sources, self.root)  # packed: forked workers share it (see source_table)
         self.spec = spec
         self.index_files = tuple(Path(p) for p in index_files)
         self.report = report or DataReport(name, spec.policy)
@@ -233,13 +234,10 @@ class TrainClips(Dataset):
 
     def describe(self) -> dict[str, Any]:
         """JSON-able identity for cache keys and records: name, spec, order algorithm, listing digest
-        (ids, paths relative to the root, conditions) and the sha256 of each index file."""
+        (:meth:`SourceTable.digest`: ids, paths relative to the root, conditions) and the sha256 of each
+        index file."""
         if self._digest is None:
-            h = hashlib.sha256()
-            for s in self.sources:
-                path = s.path.relative_to(self.root).as_posix() if s.path.is_relative_to(self.root) else str(s.path)
-                h.update(f"{s.id}\t{path}\t{s.condition!r}\n".encode())
-            self._digest = h.hexdigest()
+            self._digest = self.sources.digest()
         spec = asdict(self.spec)
         spec["size"] = list(self.spec.size) if self.spec.size is not None else None
         return {"dataset": self.name, "spec": spec, "order": ORDER_ALGORITHM, "num_videos": len(self.sources),

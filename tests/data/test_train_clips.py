@@ -21,6 +21,7 @@ from cmdbench.data.clips import VideoSource, crop_resize
 from cmdbench.data.epoch_order import EpochOrder
 from cmdbench.data.policy import DatasetError
 from cmdbench.data.readers import SourceInfo
+from cmdbench.data.source_table import SourceTable
 from cmdbench.data.train_clips import (
     ClipKey,
     TrainBatchSampler,
@@ -353,7 +354,25 @@ def test_describe_identifies_listing_and_spec(ucf):
     assert a == build_train_clips("ucf101", ucf, TrainClipSpec(num_frames=4)).describe()
     assert a != build_train_clips("ucf101", ucf, TrainClipSpec(num_frames=4, stride=2)).describe()
     b = build_train_clips("ucf101", ucf, TrainClipSpec(num_frames=4), fold=1)
-    b.sources = b.sources[:-1]
-    b.report.listed = len(b.sources)
-    assert TrainClips("ucf101", ucf, b.sources, b.spec, index_files=b.index_files).describe()["index_sha256"] != \
+    fewer = list(b.sources)[:-1]
+    assert TrainClips("ucf101", ucf, fewer, b.spec, index_files=b.index_files).describe()["index_sha256"] != \
         a["index_sha256"]
+
+
+def test_source_table_gives_back_every_listed_source(tmp_path):
+    listed = [VideoSource(tmp_path / "a" / "x.mp4", "x", 7), VideoSource(tmp_path / "y.avi", "y", "a caption é"),
+              VideoSource(Path("/elsewhere/z.mp4"), "z", None), VideoSource(tmp_path / "w.mp4", "w", 0)]
+    table = SourceTable(listed, tmp_path)
+    assert list(table) == listed and table[-1] == listed[-1] and len(table) == 4
+    assert type(table[0].condition) is int  # labels come back as Python ints, not numpy scalars
+    renamed = SourceTable([*listed[:3], VideoSource(tmp_path / "w.mp4", "w", 1)], tmp_path)
+    assert renamed.digest() != table.digest()
+    assert SourceTable(listed, tmp_path).digest() == table.digest()
+    moved = [VideoSource(tmp_path / "moved" / s.path.relative_to(tmp_path), s.id, s.condition) for s in listed
+             if s.path.is_relative_to(tmp_path)]
+    assert SourceTable(moved, tmp_path / "moved").digest() == SourceTable(
+        [s for s in listed if s.path.is_relative_to(tmp_path)], tmp_path).digest()  # root-relative
+    with pytest.raises(IndexError):
+        table[4]
+    with pytest.raises(TypeError, match="neither a caption"):
+        SourceTable([VideoSource(tmp_path / "v.mp4", "v", 1.5)], tmp_path)
