@@ -101,7 +101,9 @@ def build_parser(table: str) -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=256, help="items per checkpointed chunk")
     p.add_argument("--on-bad-input", choices=("strict", "skip"), default="strict",
                    help="bad video files: stop at the first (strict) or record and skip them (skip)")
-    p.add_argument("--fvd-preset", default="stylegan-v", help="FVD preset (cmdbench.metrics.fvd.PRESETS)")
+    p.add_argument("--fvd-preset", default=_default_preset(),
+                   help="FVD preset (cmdbench.metrics.fvd.PRESETS; default: videogpt, the PVDM code CMD's release "
+                        "evaluates with; stylegan-v for StyleGAN-V's metric code)")
     p.add_argument("--i3d-weights", default=None, help="I3D weight file (default: cmdbench weights cache)")
     p.add_argument("--clip-weights", default=None, help="CLIP ViT-B/32 file (default: cmdbench weights cache)")
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap rounds for the FVD spread")
@@ -136,6 +138,12 @@ def build_parser(table: str) -> argparse.ArgumentParser:
         p.add_argument("--num-videos", type=int, default=5000)
         p.add_argument("--scales", default=",".join(str(s) for s in WEBVID_SCALES), help="guidance scales")
     return p
+
+
+def _default_preset() -> str:
+    from cmdbench.metrics.fvd import DEFAULT_PRESET
+
+    return DEFAULT_PRESET
 
 
 def _cuda() -> bool:
@@ -329,6 +337,7 @@ class Run:
             dims["fvd"] = fvd.extractor.dim
         if clip is not None:
             dims["clipsim"] = 1
+            dims["prompt_truncated"] = 1  # 1.0 where CLIP cut the prompt to 77 tokens (counted per video)
         bs = self.args.batch_size
 
         def produce(idx: Sequence[int]):
@@ -347,8 +356,9 @@ class Run:
                 if clip is not None:
                     from cmdbench.metrics.clipsim import frame_text_cosines
 
-                    cos, _ = frame_text_cosines(clip, videos, [b.prompt for b in batch], truncate=True)
+                    cos, cut = frame_text_cosines(clip, videos, [b.prompt for b in batch], truncate=True)
                     out["clipsim"].append(cos.mean(dim=1).double().numpy()[:, None])  # (b, 1)
+                    out["prompt_truncated"].append(np.isin(np.arange(len(batch)), cut).astype(float)[:, None])
             return {k: np.concatenate(v) for k, v in out.items()}, list(idx)
 
         tag = stable_hash({"generator": gen.name, "checkpoint": self.args.checkpoint, "tiny": self.args.tiny,
@@ -383,11 +393,8 @@ class Run:
         t0 = time.perf_counter()
         rs = real_statistics(ds, fvd, cache=self.cache(), work_dir=self.work_dir, batch_size=self.args.extract_batch_size,
                              num_workers=self.args.num_workers, chunk_size=self.args.chunk_size, shard=self.shard)
-        from cmdbench.bench.sharded import _gather
-
-        # clips that failed to decode were seen by the rank that read them: collect every rank's list
-        skipped = [s for part in _gather(rs.report.get("skipped", [])) for s in part]
-        unique = list({(s["source"], s["reason"], s["stage"]): s for s in skipped}.values())
+        # every skipped video with its reason: listing/probe skips, and decode skips from every rank and resumed run
+        unique = rs.skipped
         self.reports[f"{dataset_name}:{fvd.protocol.name}:{fvd.protocol.num_real}"] = {
             **rs.report, "skipped": unique, "num_skipped": len(unique), "cached": rs.cached,
             "path": str(rs.path) if rs.path else None, "seconds": round(time.perf_counter() - t0, 3)}
@@ -566,13 +573,31 @@ def class_label_plan(n: int, num_classes: int | None, offset: int) -> list[int]:
 
 
 def _proto(fvd: Any, args: argparse.Namespace) -> str:
+    """The protocol column of an FVD row: preset, weight file, estimator, frames and counts."""
+    from cmdbench.metrics.fvd import estimator_name
+
     p: EvalProtocol = fvd.protocol
-    return f"{p.name} ({p.extractor}, {p.num_frames}f, real {p.num_real or 'all'}, fake {p.num_fake})"
+    return (f"{p.name} ({p.extractor}, {estimator_name(p.ddof)}, {p.num_frames}f, real {p.num_real or 'all'}, "
+            f"fake {p.num_fake})")
 
 
 def _fvd_note(extra: dict[str, Any]) -> str:
+    """The notes of an FVD row: counts, preset/weights/estimator, storage, numerics, Fréchet rounding."""
+    fd = extra.get("frechet") or {}
+    num = extra.get("numerics") or {}
+    numerics = ", ".join(f"{k}={v}" for k, v in num.items() if v is not None)
     return (f"conformant={extra.get('conformant')}; n_real={extra.get('n_real')}; n_fake={extra.get('n_fake')}; "
-            f"extractor={extra.get('extractor')} {str(extra.get('extractor_checksum'))[:12]}")
+            f"FVD {extra.get('describe')}; weights verified={extra.get('weights_verified')}; "
+            f"videos: {extra.get('storage')}; numerics: {numerics}"
+            + (f"; frechet: {' / '.join(fd['notes'])}" if fd.get("notes") else ""))
+
+
+def _clipsim_note(fake: dict[str, Any]) -> str:
+    """The notes of a CLIPSIM row: how many prompts CLIP cut to 77 tokens, and how the videos were stored."""
+    from cmdbench.video import IN_MEMORY
+
+    cut = int(round(float(fake["stats"]["prompt_truncated"].sum[0])))
+    return f"prompts_truncated={cut} of {fake['n']} (CLIP's 77-token context); videos: {IN_MEMORY}"
 
 
 def table2(run: Run) -> None:
@@ -590,7 +615,7 @@ def table2(run: Run) -> None:
     scores = fake["stats"]["clipsim"].bank.array()[:, 0]
     run.add(Measured("Table 2", "msrvtt", "clipsim", float(scores.mean()), bootstrap_std(scores), fake["n"], None,
                      "clip-vit-b32/every-frame" if not args.tiny else "tiny-clip/every-frame", gen.name, fake["scale"],
-                     notes=f"{len(caps)} test captions ({args.caption_choice} per video)"))
+                     notes=f"{len(caps)} test captions ({args.caption_choice} per video); {_clipsim_note(fake)}"))
 
 
 def table3_11(run: Run) -> None:
@@ -620,7 +645,7 @@ def table3_11(run: Run) -> None:
                              gen.name, scale, notes=_fvd_note(extra)))
             run.add(Measured(table, f"cfg {scale:.1f}", "clipsim", float(scores.mean()), bootstrap_std(scores),
                              fake["n"], None, "clip-vit-b32/every-frame" if not args.tiny else "tiny-clip/every-frame",
-                             gen.name, scale))
+                             gen.name, scale, notes=_clipsim_note(fake)))
 
 
 def table4(run: Run) -> None:

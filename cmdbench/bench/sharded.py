@@ -1,15 +1,26 @@
 """Sharded, resumable feature statistics over many processes (torch.distributed / accelerate launch).
 
-Work items ``0..N-1`` (clip indices or sample seeds' positions) are cut into fixed chunks of
-``chunk_size``; rank ``r`` of ``W`` processes the chunks ``c`` with ``c % W == r``. Each finished chunk's
-statistics are saved atomically as ``<work_dir>/<metric>/chunk_<c>.npz`` with a tag of everything
-that defines them, so a preempted job resumes where it stopped (and refuses chunks of another
-protocol). At the end every rank gathers the chunk statistics and merges them **in chunk order**, so
-the result is bit-identical for any world size and any resume history (an all-reduce of per-rank sums
-would add in a world-size-dependent order and differ in the last bits).
+Work items ``0..N-1`` (clip indices or sample seeds' positions) are cut into chunks of ``chunk_size``;
+rank ``r`` of ``W`` processes the chunks ``c`` with ``c % W == r``. Each finished piece of work is saved
+atomically as a *unit* ``<work_dir>/<metric>/unit_<first>_<last>_<count>.npz`` holding its statistics,
+the items it attempted and the items that entered (skipped ones are recorded by the producer), with a tag
+of everything that defines them, so a preempted job resumes where it stopped and refuses units of another
+protocol.
+
+Resume keys on **item indices, not chunk numbers**: a rerun scans the units on disk (every rank's view,
+gathered, so shared and per-node disks both work), treats their items as done, and computes only the
+items no unit covers, cut by the *current* chunk grid. A rerun with another ``chunk_size`` (or world
+size) therefore neither repeats nor loses an item; the final check refuses statistics in which an item
+would count twice or not at all.
+
+At the end every rank gathers the units and merges them in item order. With ``keep_features`` (the
+default) the merged statistics are rebuilt from the per-item features sorted by item index, in fixed
+blocks, so they are bit-identical for any world size, chunk size and resume history (sums accumulated
+in another grouping would differ in the last bits). Without kept features, units are merged in order of
+their first item (identical for an identical unit layout; equal up to rounding otherwise).
 
 Features of one chunk are computed in fixed batches of its items, so they do not depend on the world
-size either; generated samples depend only on their own seed (``cmdbench.seeding``).
+size; generated samples depend only on their own seed (``cmdbench.seeding``).
 """
 
 from __future__ import annotations
@@ -24,8 +35,9 @@ import numpy as np
 
 from cmdbench.metrics.frechet import FeatureStats
 
-# produce(indices) -> {metric name: float features (len(indices_done), D)}, plus the indices done
-Producer = Callable[[Sequence[int]], tuple[Mapping[str, np.ndarray], Sequence[int]]]
+# produce(indices) -> ({metric name: float features (len(indices_done), D)}, the indices done) or, to name
+# why the others were skipped, ({...}, done, {skipped index: reason}); reasons are kept with the unit.
+Producer = Callable[[Sequence[int]], tuple[Any, ...]]
 
 
 class ShardMismatchError(ValueError):
@@ -89,13 +101,35 @@ def chunk_items(num_items: int, chunk_size: int) -> list[range]:
     return [range(s, min(s + chunk_size, num_items)) for s in range(0, num_items, chunk_size)]
 
 
-def _chunk_path(work_dir: Path, metric: str, c: int) -> Path:
-    return work_dir / metric / f"chunk_{c:06d}.npz"
+# Rows per block when merged statistics are rebuilt from kept features (any fixed value gives results
+# independent of the chunking; 256 keeps each block's Σxxᵀ update a single BLAS call).
+MERGE_BLOCK = 256
 
 
-def _load_chunk(path: Path, tag: str) -> FeatureStats | None:
-    if not path.is_file():
-        return None
+@dataclass
+class _Unit:
+    """Finished work: statistics per metric over ``done`` (a subset of the ``planned`` items, in order);
+    ``skipped``: every planned item not done, with the producer's reason."""
+
+    planned: tuple[int, ...]
+    done: tuple[int, ...]
+    stats: dict[str, Any]  # metric -> FeatureStats, or its plain form when gathered
+    skipped: dict[int, str]
+
+    @property
+    def name(self) -> str:
+        return unit_name(self.planned)
+
+
+def unit_name(planned: Sequence[int]) -> str:
+    return f"unit_{planned[0]:09d}_{planned[-1]:09d}_{len(planned)}.npz"
+
+
+def _unit_path(work_dir: Path, metric: str, name: str) -> Path:
+    return work_dir / metric / name
+
+
+def _load_stats(path: Path, tag: str) -> FeatureStats:
     stats = FeatureStats.load(path)
     if stats.metadata.get("tag") != tag:
         raise ShardMismatchError(
@@ -103,6 +137,48 @@ def _load_chunk(path: Path, tag: str) -> FeatureStats | None:
             f"{tag!r}: different protocol, extractor, dataset or settings); use a fresh --work-dir or delete it"
         )
     return stats
+
+
+def _scan_units(work_dir: Path | None, metrics: Sequence[str], tag: str) -> dict[str, tuple[int, ...]]:
+    """Names -> planned items of the units complete on this process's disk (a file for every metric).
+
+    A unit written for some metrics only (the job died between two saves) is not complete and is ignored;
+    the items it planned are computed again and its files are overwritten or left unused.
+    """
+    if work_dir is None:
+        return {}
+    names = None
+    for m in metrics:
+        found = {p.name for p in (work_dir / m).glob("unit_*.npz")} if (work_dir / m).is_dir() else set()
+        names = found if names is None else names & found
+    units = {}
+    for name in sorted(names or ()):
+        meta = _load_stats(_unit_path(work_dir, metrics[0], name), tag).metadata
+        units[name] = tuple(int(i) for i in meta["planned"])
+    return units
+
+
+def _load_unit(work_dir: Path, dims: Mapping[str, int], name: str, tag: str) -> _Unit:
+    stats = {m: _load_stats(_unit_path(work_dir, m, name), tag) for m in dims}
+    meta = stats[next(iter(dims))].metadata
+    return _Unit(tuple(int(i) for i in meta["planned"]), tuple(int(i) for i in meta["items"]), stats,
+                 {int(i): str(r) for i, r in meta.get("skipped", {}).items()})
+
+
+def _check_disjoint(units: Mapping[str, Sequence[int]], num_items: int) -> dict[int, str]:
+    """Item -> the unit that planned it; overlapping units or items out of range raise."""
+    owner: dict[int, str] = {}
+    for name, planned in sorted(units.items()):
+        for i in planned:
+            if not 0 <= i < num_items:
+                raise ShardMismatchError(f"unit {name} plans item {i}, outside 0..{num_items - 1}; wrong work dir?")
+            if i in owner:
+                raise ShardMismatchError(
+                    f"units {owner[i]} and {name} both hold item {i}: merging them would count it twice. The work "
+                    "dir holds two inconsistent runs; delete one of the units (or use a fresh --work-dir)"
+                )
+            owner[i] = name
+    return owner
 
 
 def sharded_stats(
@@ -121,62 +197,115 @@ def sharded_stats(
 
     dims: metric name -> feature dimension (e.g. ``{"fvd": 400, "clipsim": 1}``).
     tag: a string naming everything that defines the features (protocol hash, extractor checksum,
-        dataset manifest, generator and sampling settings); chunks with another tag are refused.
-    work_dir: where chunk checkpoints go (``None``: no checkpoints, no resume).
-    Returns the merged statistics per metric and the sorted item indices that entered them (items the
-    producer skipped, e.g. undecodable clips, are absent: the caller records them).
+        dataset manifest, generator and sampling settings); units with another tag are refused.
+    work_dir: where unit checkpoints go (``None``: no checkpoints, no resume). Any ``chunk_size`` may
+        resume the units of any other: work is keyed by item index.
+    Returns the merged statistics per metric and the sorted item indices that entered them. Items the
+    producer skipped (e.g. undecodable clips) are absent, and named with their reason in each statistic's
+    ``metadata["skipped"]`` (``{str(index): reason}``), resumed units included. Every item is attempted
+    exactly once; an item counted twice or missing raises.
     """
     shard = shard or Shard.current()
     chunks = chunk_items(num_items, chunk_size)
+    metrics = list(dims)
     wd = Path(work_dir) if work_dir is not None else None
-    mine: dict[int, tuple[dict[str, FeatureStats], list[int]]] = {}
+    # 1. What is done already: every rank's view of the disk, gathered (shared or per-node disks).
+    views = _gather(_scan_units(wd, metrics, tag))
+    _barrier()  # nobody writes before every rank has scanned
+    known: dict[str, tuple[int, ...]] = {}
+    loader_rank: dict[str, int] = {}  # a unit is loaded by the lowest rank that sees it
+    for rank, view in enumerate(views):
+        for name, planned in view.items():
+            known.setdefault(name, planned)
+            loader_rank.setdefault(name, rank)
+    covered = _check_disjoint(known, num_items)
+    distributed = len(views) > 1  # else this process's view is the only one: it loads all it sees
+    mine = [_load_unit(wd, dims, name, tag) for name in sorted(known)
+            if wd is not None and (not distributed or loader_rank[name] == shard.rank)]
+    # 2. The rest, cut by the current chunk grid; this rank's chunks only.
     for c, items in enumerate(chunks):
         if not shard.owns(c):
             continue
-        loaded = None
-        if wd is not None:
-            parts = {m: _load_chunk(_chunk_path(wd, m, c), tag) for m in dims}
-            if all(p is not None for p in parts.values()):
-                done = [int(i) for i in next(iter(parts.values())).metadata["items"]]  # type: ignore[union-attr]
-                loaded = ({m: p for m, p in parts.items() if p is not None}, done)
-        if loaded is None:
-            feats, done = produce(list(items))
+        todo = [i for i in items if i not in covered]
+        if todo:
+            feats, done, *why = produce(todo)
             done = [int(i) for i in done]
-            stats = {}
+            extra = sorted(set(done) - set(todo))
+            if extra or len(set(done)) != len(done):
+                raise RuntimeError(f"producer returned items {extra or done} it was not asked for, or twice")
+            reasons = {int(i): str(r) for i, r in (why[0] if why else {}).items()}
+            skipped = {i: reasons.get(i, "skipped by the producer (no reason given)") for i in todo if i not in done}
+            unit = _Unit(tuple(todo), tuple(done), {}, skipped)
             for m, d in dims.items():
-                s = FeatureStats(d, keep_features=keep_features, metadata={"tag": tag, "chunk": c, "items": done})
+                s = FeatureStats(d, keep_features=keep_features, metadata={
+                    "tag": tag, "planned": list(todo), "items": done, "skipped": {str(i): r for i, r in skipped.items()}})
                 x = np.asarray(feats[m], dtype=np.float64).reshape(len(done), d)
                 if len(done):
                     s.update(x)
-                stats[m] = s
+                unit.stats[m] = s
                 if wd is not None:
-                    s.save(_chunk_path(wd, m, c))
-            loaded = (stats, done)
-        mine[c] = loaded
+                    s.save(_unit_path(wd, m, unit.name))
+            mine.append(unit)
         if progress is not None:
             progress(c, len(chunks))
     _barrier()
-    gathered = _gather({c: ({m: _to_plain(s) for m, s in st.items()}, done) for c, (st, done) in mine.items()})
-    everything: dict[int, Any] = {}
-    for part in gathered:
-        everything.update(part)
-    for c in sorted(set(range(len(chunks))) - set(everything)):  # another rank's chunks on a shared disk
-        parts = {m: _load_chunk(_chunk_path(wd, m, c), tag) for m in dims} if wd is not None else {}
-        if not parts or any(p is None for p in parts.values()):
-            raise RuntimeError(f"chunk {c} of {len(chunks)} was computed by no rank (world size {shard.world_size})")
-        done = [int(i) for i in next(iter(parts.values())).metadata["items"]]  # type: ignore[union-attr]
-        everything[c] = ({m: _to_plain(p) for m, p in parts.items()}, done)  # type: ignore[arg-type]
-    merged = {m: FeatureStats(d, keep_features=keep_features, metadata={"tag": tag}) for m, d in dims.items()}
-    items_done: list[int] = []
-    for c in range(len(chunks)):
-        plain, done = everything[c]
-        items_done.extend(done)
-        for m in dims:
-            merged[m].merge(_from_plain(plain[m], dims[m], keep_features))
-    return merged, items_done
+    # 3. Everything, from every rank (and from a shared disk for ranks that ran as separate jobs).
+    everything: dict[str, _Unit] = {}
+    for part in _gather([_plain_unit(u) for u in mine]):
+        for u in part:
+            everything.setdefault(u.name, u)
+    missing = sorted(set(range(num_items)) - {i for u in everything.values() for i in u.planned})
+    if missing and wd is not None:  # another rank's units on a shared disk (ranks run as separate jobs)
+        for name, planned in _scan_units(wd, metrics, tag).items():
+            if name not in everything and set(planned) & set(missing):
+                everything[name] = _plain_unit(_load_unit(wd, dims, name, tag))
+        missing = sorted(set(range(num_items)) - {i for u in everything.values() for i in u.planned})
+    if missing:
+        lost = sorted({c for c, items in enumerate(chunks) if set(items) & set(missing)})
+        raise RuntimeError(f"chunks {lost[:8]} of {len(chunks)} (items {missing[:8]}...) were computed by no rank "
+                           f"(world size {shard.world_size})")
+    _check_disjoint({n: u.planned for n, u in everything.items()}, num_items)  # nothing counted twice
+    return _merge(list(everything.values()), dims, tag, keep_features)
 
 
-def _to_plain(s: FeatureStats) -> dict[str, Any]:
+def _plain_unit(u: _Unit) -> _Unit:
+    return _Unit(u.planned, u.done, {m: _to_plain(s) for m, s in u.stats.items()}, u.skipped)
+
+
+def _merge(units: list[_Unit], dims: Mapping[str, int], tag: str, keep: bool) -> tuple[dict[str, FeatureStats], list[int]]:
+    """Merge units in item order; with kept features, rebuilt from the rows sorted by item (see module doc).
+
+    Each merged statistic's ``metadata["skipped"]`` maps every skipped item (str index) to its reason.
+    """
+    units = sorted(units, key=lambda u: u.planned[0])
+    skipped = {str(i): r for u in units for i, r in sorted(u.skipped.items())}
+    done = [i for u in units for i in u.done]
+    order = np.argsort(np.asarray(done, dtype=np.int64), kind="stable")
+    merged = {}
+    for m, d in dims.items():
+        plain = [(u.stats[m], len(u.done)) for u in units]
+        for p, k in plain:
+            if int(p["n"]) != k:
+                raise RuntimeError(f"a unit of {m} holds n={p['n']} for {k} items: corrupt checkpoint")
+        out = FeatureStats(d, keep_features=keep, metadata={"tag": tag, "skipped": skipped})
+        if keep:
+            rows = np.concatenate([np.asarray(p["features"]).reshape(-1, d) if p["features"] is not None
+                                   else np.zeros((0, d)) for p, _ in plain])
+            if len(rows) != len(done):
+                raise RuntimeError(f"kept features of {m}: {len(rows)} rows for {len(done)} items")
+            rows = rows[order]
+            for start in range(0, len(rows), MERGE_BLOCK):
+                out.update(rows[start : start + MERGE_BLOCK])
+        else:
+            for p, _ in plain:
+                out.merge(_from_plain(p, d, False))
+        merged[m] = out
+    return merged, sorted(done)
+
+
+def _to_plain(s: Any) -> dict[str, Any]:
+    if isinstance(s, dict):
+        return s
     return {"n": s.n, "sum": s.sum, "outer": s.outer, "features": s.bank.array() if s.bank is not None else None}
 
 

@@ -7,7 +7,10 @@ captions or a text file with one prompt per line, cycled over the seeds, else th
 evaluation prompts; class labels ``seed % num_classes``). FVD needs real statistics: ``--ref-stats FILE``
 (from ``cmdbench ref-stats``; refused when built under another protocol) or ``--real DIR`` (computed and
 cached here). One result row per metric goes to ``--records`` (results schema); FVD rows carry the
-protocol name, real/fake counts and protocol hash.
+preset, weight file and checksum, covariance estimator, real/fake counts and protocol hash, and every row
+records how the scored videos were stored: ``--videos`` files are decoded (e.g. ``mp4 libx264 crf=18
+yuv420p``, what ``cmdbench sample`` writes), generated videos are scored in memory unless
+``--through-codec`` puts them through the same mp4 round trip first (so both paths score the same pixels).
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ from cmdbench.metrics.fvd import FVD
 from cmdbench.metrics.reference import ReferenceCache
 from cmdbench.registry import GENERATORS, METRICS, load_plugins
 from cmdbench.seeding import format_seeds, make_generators, parse_seeds
+from cmdbench.video import (
+    IN_MEMORY,
+    PIX_FMT_MULTIPLE,
+    codec_round_trip,
+    mp4_storage,
+    quiet_decord,
+    storage_of,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -52,6 +63,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--guidance-scale", type=float, default=None)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--sample-batch-size", type=int, default=4, help="generator: videos per sample() call")
+    parser.add_argument("--through-codec", action="store_true",
+                        help="generator: score the videos after an in-memory mp4 round trip (what `cmdbench "
+                             "sample` + `evaluate --videos` see) instead of the raw uint8 tensors")
+    parser.add_argument("--codec-crf", type=int, default=18, help="--through-codec: x264 crf (sample writes 18)")
+    parser.add_argument("--codec-pix-fmt", default="yuv420p", choices=sorted(PIX_FMT_MULTIPLE),
+                        help="--through-codec: pixel format (sample writes yuv420p)")
     parser.add_argument("--metric", dest="metrics", action="append", required=True,
                         help="metric name, repeatable (fvd2048_16f, fvd-videogpt, clipsim, ...)")
     add_protocol_arguments(parser, metric_option=False)
@@ -63,6 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--records", required=True, help="records directory for result rows")
     parser.add_argument("--run-id", default=None)
     parser.add_argument("--dataset", default="", help="dataset name recorded in the rows")
+    parser.add_argument("--policy", choices=("strict", "skip"), default="strict",
+                        help="--videos: unreadable or stray files stop the run (strict) or are skipped, each "
+                             "named with its reason on screen and in the run record (skip)")
     parser.add_argument("--non-strict", action="store_true",
                         help="compute FVD at other sample counts than the protocol's (rows say conformant=False)")
     parser.add_argument("--allow-singular", action="store_true", help="allow FVD with fewer clips than 400")
@@ -129,17 +149,20 @@ def min_frames_needed(metrics: dict[str, Any]) -> int:
     return max(spans, default=1)
 
 
-def folder_batches(args: argparse.Namespace, metrics: dict[str, Any]):
-    """Whole videos of ``--videos`` one at a time: ``(videos (1, T, 3, H, W), prompts | None, info)``."""
+def folder_batches(args: argparse.Namespace, metrics: dict[str, Any], reports: list[Any]):
+    """Whole videos of ``--videos`` one at a time: ``(videos (1, T, 3, H, W), prompts | None, info)``;
+    the folder's :class:`~cmdbench.data.policy.DataReport` (skipped files and reasons) goes to ``reports``."""
     from cmdbench.data.clips import ClipSpec
     from cmdbench.data.datasets import folder
     from cmdbench.data.readers import read_frames
 
     spec = ClipSpec(num_frames=min_frames_needed(metrics), size=None, order="listed")
-    dataset = folder(args.videos, clip=spec, captions=args.prompts)
+    dataset = folder(args.videos, clip=spec, captions=args.prompts, policy=args.policy)
+    reports.append(dataset.report)
     for src, n in dataset.usable:
         video = read_frames(src.path, range(n)).unsqueeze(0)  # (1, T, 3, H, W) uint8
-        yield video, ([src.condition] if isinstance(src.condition, str) else None), {"source": str(src.path)}
+        info = {"source": str(src.path), "storage": storage_of(src.path)}
+        yield video, ([src.condition] if isinstance(src.condition, str) else None), info
 
 
 def generator_batches(args: argparse.Namespace, gen: Any, seeds: tuple[int, ...], settings: dict[str, Any]):
@@ -158,16 +181,22 @@ def generator_batches(args: argparse.Namespace, gen: Any, seeds: tuple[int, ...]
             cond["labels"] = [s % int(gen.num_classes) for s in batch]
         with torch.no_grad():
             videos = gen.sample(generator=make_generators(batch), **settings, **cond)
+        if args.through_codec:  # the pixels `cmdbench sample` would write and `evaluate --videos` would read
+            videos = codec_round_trip(videos, crf=args.codec_crf, pix_fmt=args.codec_pix_fmt)
         yield videos, cond.get("prompts"), {"seeds": batch}
 
 
 # --- run ------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    quiet_decord()  # unreadable files raise clear errors; FFmpeg's per-frame log lines would flood the terminal
+    if args.videos and args.through_codec:
+        raise ValueError("--through-codec applies to --generator; --videos files are scored as they are stored")
     metrics = build_metrics(args)
     needs_prompts = [n for n, m in metrics.items() if not isinstance(m, FVD)]
     row_base: dict[str, Any] = {"generator": "", "checkpoint": "", "seeds": "", "dataset": args.dataset}
+    reports: list[Any] = []
     if args.videos:
-        batches = folder_batches(args, metrics)
+        batches = folder_batches(args, metrics, reports)
         row_base.update(generator=f"folder:{Path(args.videos).name}", conditioning="")
         count_seen = None
     else:
@@ -187,8 +216,10 @@ def run(args: argparse.Namespace) -> int:
                         guidance_scale=settings["guidance_scale"], batch_size=args.sample_batch_size,
                         dtype=args.dtype)
         count_seen = len(seeds)
-    n_videos = 0
+    n_videos, storages = 0, set()
     for videos, prompts, info in batches:
+        storages.add(info.get("storage") or (mp4_storage(crf=args.codec_crf, pix_fmt=args.codec_pix_fmt)
+                                             if args.through_codec else None))
         for name, metric in metrics.items():
             if name in needs_prompts:
                 if prompts is None:
@@ -199,14 +230,25 @@ def run(args: argparse.Namespace) -> int:
         n_videos += videos.shape[0]
     if count_seen is not None and n_videos != count_seen:
         raise RuntimeError(f"sampled {n_videos} videos for {count_seen} seeds")
-    rows = write_rows(args, metrics, row_base, n_videos)
+    for report in reports:
+        for item in report.skipped:
+            print(f"skipped {item.source}: {item.reason} [{item.stage}]")
+    storages.discard(None)
+    if storages:  # files (one label per kind of file found) or the codec round trip; else in memory
+        for metric in metrics.values():
+            metric.storage = "; ".join(sorted(storages))
+    rows = write_rows(args, metrics, row_base, n_videos, data_reports=[r.to_dict() for r in reports])
     for r in rows:
         std = f" ± {r['std']:.4g}" if r["std"] is not None else ""
-        print(f"{r['metric']} [{r['protocol']}] = {r['value']:.6g}{std}  (n={r['n']})")
+        metric = metrics[r["metric"]]
+        what = metric.describe() if isinstance(metric, FVD) else r["protocol"]
+        print(f"{r['metric']} [{what}] = {r['value']:.6g}{std}  (n={r['n']}; videos: "
+              f"{getattr(metric, 'storage', IN_MEMORY)})")
     return 0
 
 
-def write_rows(args: argparse.Namespace, metrics: dict[str, Any], base: dict[str, Any], n_videos: int) -> list:
+def write_rows(args: argparse.Namespace, metrics: dict[str, Any], base: dict[str, Any], n_videos: int, *,
+               data_reports: list[dict[str, Any]] | None = None) -> list:
     env = capture_environment(args.device)
     run_id = args.run_id or new_run_id("eval")
     writer = RecordWriter(args.records, run_id)
@@ -226,6 +268,6 @@ def write_rows(args: argparse.Namespace, metrics: dict[str, Any], base: dict[str
         ))
     writer.append(rows)
     writer.write_meta({"command": "evaluate", "argv": sys.argv[1:], "args": vars(args) | {"func": None},
-                       "environment": env, "n_videos": n_videos})
+                       "environment": env, "n_videos": n_videos, "data_reports": data_reports or []})
     print(f"records: {writer.csv_path}")
     return rows

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from cmdbench import weights
 from cmdbench.interfaces import MetricValue
-from cmdbench.video import validate_video
+from cmdbench.video import IN_MEMORY, validate_video
 
 CLIP_WEIGHTS_NAME = "clip_vit_b32"
 PROTOCOL = "clip-vit-b32/every-frame/clip-preprocess"
@@ -243,6 +243,8 @@ class CLIPSIM:
     clip_model: an already loaded :class:`LoadedCLIP` (then ``weights`` and ``device`` are unused);
     batch_size: frames per ``encode_image`` call; truncate: cut over-long prompts (counted) instead of
     raising; bootstrap / seed: resamples and seed of the bootstrap spread over videos.
+    storage: how the videos reached :meth:`update` (:data:`cmdbench.video.IN_MEMORY` or a codec label),
+    recorded in ``extra["storage"]``.
     """
 
     name = "clipsim"
@@ -260,6 +262,7 @@ class CLIPSIM:
         bootstrap: int = 1000,
         seed: int = 0,
         clip_model: LoadedCLIP | None = None,
+        storage: str = IN_MEMORY,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"CLIPSIM batch_size must be >= 1, got {batch_size}")
@@ -271,6 +274,7 @@ class CLIPSIM:
         self.truncate = truncate
         self.bootstrap = bootstrap
         self.seed = seed
+        self.storage = storage
         self.reset()
 
     def reset(self) -> None:
@@ -316,6 +320,7 @@ class CLIPSIM:
                 "frames": self._frames,
                 "frames_per_video": sorted(self._frame_counts),
                 "prompts_truncated": self._truncated,
+                "storage": self.storage,
                 "std_kind": f"bootstrap over videos ({self.bootstrap} resamples, seed {self.seed})",
                 "scale": "raw cosine (x100 only for display)",
             },

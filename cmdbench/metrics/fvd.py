@@ -4,21 +4,44 @@ FVD = Fréchet distance between Gaussians fitted to I3D features (400 Kinetics l
 of real and generated clips (Unterthiner et al. 2019). Published numbers disagree because
 implementations differ in every knob, so each preset states all of them (``EvalProtocol``):
 
-=============== ================= ================================= ======= ====== ====== =================
-preset          extractor         frames -> 224x224, [-1, 1]        cov     sqrt   frames  follows
-=============== ================= ================================= ======= ====== ====== =================
-stylegan-v      i3d_torchscript   uint8 into the detector           /N      scipy  16      StyleGAN-V
-                                  (``rescale=True, resize=True``)                          (CMD's protocol)
-tf-reference    i3d_torchscript   whole frame, TF1 bilinear         n-1     svd    16      TF-hub FVD
-videogpt        i3d_pretrained_400 short side + centre crop         n-1     svd    16      VideoGPT/PVDM/CMD code
-tats            i3d_pretrained_400 whole frame, torch bilinear      n-1     svd    16      TATS
-=============== ================= ================================= ======= ====== ====== =================
+============ ========================== ================================ ========== ====== ==========================
+preset       weight file                frames -> 224x224 in [-1, 1]     covariance sqrt   follows
+============ ========================== ================================ ========== ====== ==========================
+videogpt     i3d_pretrained_400 (PyTorch short side to 224 (bilinear),    unbiased   svd    VideoGPT / PVDM code =
+(default)    port of the TF-Hub I3D,    centre crop                      (n-1)             CMD's released evaluation
+             BatchNorm eps 1e-5)                                                            (the reproduction default)
+stylegan-v   i3d_torchscript (TF-Hub    uint8 into the detector, which   biased     scipy  StyleGAN-V's metric code
+             graph, BatchNorm eps 1e-3) stretches the whole frame        (/N)              (the protocol the paper
+                                        (``rescale=True, resize=True``)                     *cites*; not its release)
+tf-reference i3d_torchscript            whole frame, TF1 bilinear        n-1        svd    TF-hub FVD (Unterthiner)
+tats         i3d_pretrained_400         whole frame, torch bilinear      n-1        svd    TATS
+============ ========================== ================================ ========== ====== ==========================
+
+Which preset reproduces CMD (the choice, and its source). The paper (§4.1, App. D) says it follows "the
+recently fixed evaluation protocol proposed by StyleGAN-V": one random clip per video, 2,048 real and
+2,048 generated clips. That is the *clip protocol* (which clips, how many), and every preset here follows it
+through the protocol-named metrics below. The *feature and distance code* CMD ran is in its release:
+NVlabs/CMD ``eval/fvd/fvd.py`` and ``eval/fvd/pytorch_i3d.py`` are PVDM's ``evals/fvd`` files (sihyun-yu/PVDM,
+MIT; read for this choice, nothing copied): ``i3d_pretrained_400.pt`` in a PyTorch InceptionI3d with
+BatchNorm eps 1e-5, shorter side resized to 224 and centre-cropped, values in [-1, 1], unbiased (n-1)
+covariance, TF-GAN's SVD matrix square root. That is the ``videogpt`` preset, so it is
+:data:`DEFAULT_PRESET` (``cmdbench ref-stats``, ``evaluate``, ``reproduce``). It differs from ``stylegan-v``
+in the weight file (TF graph, BatchNorm eps 1e-3), the estimator (/N), the square root (scipy ``sqrtm``)
+and the aspect handling, which matters for CMD's 512x1024 videos (stretched to 224x224 vs a centre
+512x512 crop). Pick the other with ``--protocol stylegan-v`` (``ref-stats``/``evaluate``) or
+``--fvd-preset stylegan-v`` (``reproduce``). Known remaining differences from the release: statistics here
+are float64 (the release computes the covariance and square root in float32), every eigenvalue is rooted
+(TF-GAN leaves those below 1e-10 unrooted), and the release truncates generated frames to uint8
+(``((1 + x) * 127.5).type(torch.uint8)``) where cmdbench generators round.
 
 Protocol-named metrics fix the sample counts (``fvd2048_16f``: 2048 real / 2048 fake, 16 consecutive
 frames; ``fvd2048_128f``; ``fvd2048_128f_subsample8f``: 16 frames every 8th; ``fvd10k_16f``: 10,000 fake
 against every clip of the reference set; ``fvd5k_16f``: WebVid's 5,000 validation clips); each can be
-computed under any preset (default ``stylegan-v``). Generated videos give their first clip
-(frames ``0, s, 2s, ...``); real clips are drawn by ``cmdbench ref-stats`` (seeded windows).
+computed under any preset. Generated videos give their first clip (frames ``0, s, 2s, ...``); real clips
+are drawn by ``cmdbench ref-stats`` (seeded windows). Every value records its preset, weight file and
+checksum, covariance estimator, square root, the numerics the features were computed under, how the
+generated videos were stored (in memory or through a codec), and the Fréchet rounding note
+(:func:`describe`, ``MetricValue.extra``).
 """
 
 from __future__ import annotations
@@ -32,13 +55,20 @@ import torch
 
 from cmdbench.config import EvalProtocol, stable_hash
 from cmdbench.interfaces import MetricValue
-from cmdbench.metrics.frechet import FeatureStats, InsufficientSamplesError, bootstrap_fd, stats_distance
+from cmdbench.metrics.frechet import FeatureStats, InsufficientSamplesError, bootstrap_fd, stats_frechet
 from cmdbench.metrics.i3d import FeatureExtractor, make_extractor
 from cmdbench.metrics.preprocess import Preprocessing, select_frames
-from cmdbench.metrics.reference import check_compatible, stats_metadata
-from cmdbench.video import validate_video
+from cmdbench.metrics.reference import check_compatible, extractor_numerics, stats_metadata
+from cmdbench.video import IN_MEMORY, validate_video
+
+# The preset the reproduction and the CLI default to: CMD's released evaluation code (see the module doc).
+DEFAULT_PRESET = "videogpt"
 
 PRESETS: dict[str, EvalProtocol] = {
+    "videogpt": EvalProtocol(
+        name="videogpt", extractor="i3d_pretrained_400", resize="short_side_crop", resize_kernel="torch",
+        value_range=(-1.0, 1.0), size=224, num_frames=16, frame_stride=1, ddof=1, sqrtm="svd",
+    ),
     "stylegan-v": EvalProtocol(
         name="stylegan-v", extractor="i3d_torchscript", resize="detector", value_range=(-1.0, 1.0),
         size=224, num_frames=16, frame_stride=1, ddof=0, sqrtm="scipy", real_order="listed",
@@ -47,14 +77,22 @@ PRESETS: dict[str, EvalProtocol] = {
         name="tf-reference", extractor="i3d_torchscript", resize="whole", resize_kernel="tf1",
         value_range=(-1.0, 1.0), size=224, num_frames=16, frame_stride=1, ddof=1, sqrtm="svd",
     ),
-    "videogpt": EvalProtocol(
-        name="videogpt", extractor="i3d_pretrained_400", resize="short_side_crop", resize_kernel="torch",
-        value_range=(-1.0, 1.0), size=224, num_frames=16, frame_stride=1, ddof=1, sqrtm="svd",
-    ),
     "tats": EvalProtocol(
         name="tats", extractor="i3d_pretrained_400", resize="whole", resize_kernel="torch",
         value_range=(-1.0, 1.0), size=224, num_frames=16, frame_stride=1, ddof=1, sqrtm="svd",
     ),
+}
+
+# What each preset follows, and its weight file, in words (printed and recorded with every value).
+PRESET_SOURCES: dict[str, str] = {
+    "videogpt": "VideoGPT/PVDM FVD code, as in CMD's release (reproduction default)",
+    "stylegan-v": "StyleGAN-V metric code (the protocol CMD's paper cites)",
+    "tf-reference": "TF-hub FVD reference (Unterthiner et al.)",
+    "tats": "TATS FVD code",
+}
+WEIGHT_FILES: dict[str, str] = {
+    "i3d_pretrained_400": "i3d_pretrained_400.pt (PyTorch port of the TF-Hub I3D, BatchNorm eps 1e-5)",
+    "i3d_torchscript": "i3d_torchscript.pt (StyleGAN-V's TorchScript of the TF-Hub graph, BatchNorm eps 1e-3)",
 }
 
 # name -> (num_real (0 = every clip of the reference set), num_fake, num_frames, frame_stride)
@@ -65,6 +103,21 @@ PROTOCOL_METRICS: dict[str, tuple[int, int, int, int]] = {
     "fvd10k_16f": (0, 10_000, 16, 1),
     "fvd5k_16f": (5000, 5000, 16, 1),
 }
+
+
+def estimator_name(ddof: int) -> str:
+    """``"unbiased (n-1)"`` or ``"biased (/N)"``: the covariance estimator of a protocol."""
+    return {0: "biased (/N)", 1: "unbiased (n-1)"}[ddof]
+
+
+def describe(protocol: EvalProtocol, extractor_name: str | None = None, checksum: str | None = None) -> str:
+    """One line naming preset, weight file (and checksum), estimator, square root and resize of a protocol,
+    e.g. ``"videogpt: i3d_pretrained_400 sha256:55095f049e70, unbiased (n-1) covariance, svd sqrt,
+    short_side_crop 224"`` -- printed beside every FVD value and stored in its record."""
+    name = extractor_name or protocol.extractor
+    weights = f"{name} sha256:{checksum[:12]}" if checksum else name
+    return (f"{protocol.name}: {weights}, {estimator_name(protocol.ddof)} covariance, {protocol.sqrtm} sqrt, "
+            f"{protocol.resize} {protocol.size}")
 
 
 def get_protocol(preset: str | EvalProtocol, metric: str | None = None) -> EvalProtocol:
@@ -130,6 +183,9 @@ class FVD:
     strict: ``compute`` refuses a fake count different from ``num_fake`` (and real from ``num_real``);
         with ``strict=False`` the value is computed and marked ``conformant=False``.
     bootstrap_rounds: > 0 keeps per-clip features and reports the bootstrap std (no extra passes).
+    storage: how the generated videos reached :meth:`update` (:data:`cmdbench.video.IN_MEMORY`, or
+        :func:`cmdbench.video.mp4_storage` / :func:`~cmdbench.video.storage_of` for decoded files), recorded
+        in ``extra["storage"]``: the same seeds give another FVD through a lossy codec.
     """
 
     unit = ""
@@ -137,7 +193,7 @@ class FVD:
 
     def __init__(
         self,
-        protocol: str | EvalProtocol = "stylegan-v",
+        protocol: str | EvalProtocol = DEFAULT_PRESET,
         *,
         metric: str | None = None,
         reference: FeatureStats | str | Path | None = None,
@@ -149,6 +205,7 @@ class FVD:
         bootstrap_rounds: int = 0,
         bootstrap_seed: int = 0,
         allow_singular: bool = False,
+        storage: str = IN_MEMORY,
     ) -> None:
         base = get_protocol(protocol, metric)
         self.protocol, self.extractor = build_extractor(base, extractor, path=extractor_path, device=device,
@@ -156,6 +213,7 @@ class FVD:
         self.name = metric or f"fvd_{self.protocol.name}"
         self.strict, self.allow_singular = strict, allow_singular  # (before set_reference: it reads strict)
         self.bootstrap_rounds, self.bootstrap_seed = bootstrap_rounds, bootstrap_seed
+        self.storage = storage  # how the generated videos reached update(): IN_MEMORY or cmdbench.video.mp4_storage
         self.reference: FeatureStats | None = None
         if reference is not None:
             self.set_reference(reference)
@@ -169,9 +227,18 @@ class FVD:
     def keep_features(self) -> bool:
         return self.bootstrap_rounds > 0
 
+    @property
+    def numerics(self) -> dict[str, Any]:
+        """Device class, dtype and TF32 flags the extractor computes under (:func:`extractor_numerics`)."""
+        return extractor_numerics(self.extractor)
+
+    def describe(self) -> str:
+        """:func:`describe` of this metric's protocol and extractor (with the weight file's checksum)."""
+        return describe(self.protocol, self.extractor.name, self.extractor.checksum)
+
     def new_stats(self, kind: str, manifest_sha256: str | None = None) -> FeatureStats:
         meta = stats_metadata(self.protocol, self.extractor.checksum, kind=kind, manifest_sha256=manifest_sha256,
-                              extractor=self.extractor.name)
+                              numerics=self.numerics, extractor=self.extractor.name)
         return FeatureStats(self.extractor.dim, keep_features=self.keep_features, metadata=meta)
 
     def reset(self) -> None:
@@ -183,7 +250,8 @@ class FVD:
         """Use precomputed real statistics; they must come from the same protocol and extractor."""
         stats = reference if isinstance(reference, FeatureStats) else FeatureStats.load(reference)
         where = "reference statistics" if isinstance(reference, FeatureStats) else f"reference statistics {reference}"
-        check_compatible(stats, self.protocol, self.extractor.checksum, where=where, check_count=self.strict)
+        check_compatible(stats, self.protocol, self.extractor.checksum, numerics=self.numerics, where=where,
+                         check_count=self.strict)
         self.reference = stats
 
     def features(self, clips: torch.Tensor) -> torch.Tensor:
@@ -244,14 +312,19 @@ class FVD:
                 "sample count, so values at other counts are not comparable; pass strict=False to compute "
                 "it anyway (recorded as conformant=False)"
             )
-        value = stats_distance(real, fake, ddof=p.ddof, method=p.sqrtm, allow_singular=self.allow_singular)
+        fd = stats_frechet(real, fake, ddof=p.ddof, method=p.sqrtm, allow_singular=self.allow_singular)
+        value = fd.value
         std = None
         extra: dict[str, Any] = {
+            "preset": p.name, "follows": PRESET_SOURCES.get(p.name, "custom protocol"), "describe": self.describe(),
             "n_real": real.n, "n_fake": fake.n, "conformant": conformant, "protocol_hash": protocol_hash(p),
             "extractor": self.extractor.name, "extractor_checksum": self.extractor.checksum,
-            "ddof": p.ddof, "sqrtm": p.sqrtm, "num_frames": p.num_frames, "frame_stride": p.frame_stride,
-            "resize": p.resize, "resize_kernel": p.resize_kernel, "value_range": list(p.value_range),
-            "reference_key": real.metadata.get("stats_key"),
+            "weight_file": WEIGHT_FILES.get(self.extractor.name, self.extractor.name),
+            "weights_verified": _weights_verified(self.extractor.name, self.extractor.checksum),
+            "estimator": estimator_name(p.ddof), "ddof": p.ddof, "sqrtm": p.sqrtm, "num_frames": p.num_frames,
+            "frame_stride": p.frame_stride, "resize": p.resize, "resize_kernel": p.resize_kernel,
+            "value_range": list(p.value_range), "reference_key": real.metadata.get("stats_key"),
+            "numerics": self.numerics, "storage": self.storage, "frechet": fd.to_dict(),
         }
         if self.bootstrap_rounds:
             if real.bank is None or fake.bank is None or not len(real.bank) or not len(fake.bank):
@@ -263,3 +336,12 @@ class FVD:
             extra.update(bootstrap_rounds=self.bootstrap_rounds, bootstrap_seed=self.bootstrap_seed)
         return MetricValue(name=self.name, value=value, unit=self.unit, higher_is_better=False, std=std,
                            n=fake.n, protocol=p.name, extra=extra)
+
+
+def _weights_verified(name: str, checksum: str) -> bool | None:
+    """Whether ``checksum`` is a known sha256 of the weight file ``name`` (``None``: not a known file)."""
+    from cmdbench import weights
+
+    if name not in weights.KNOWN:  # random or custom extractors
+        return None
+    return checksum in weights.accepted_hashes(name)

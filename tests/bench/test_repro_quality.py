@@ -44,7 +44,7 @@ def test_missing_inputs_are_listed_together_before_any_work(tmp_path, monkeypatc
         reproduce("webvid", ["--records", str(tmp_path / "rec"), "--work-dir", str(tmp_path / "w")])
     msg = str(err.value)
     for needle in ("--webvid-root", "CMDBENCH_WEBVID_ROOT", "--checkpoint", "CMDBENCH_CMD_WEBVID_CHECKPOINT",
-                   "i3d_torchscript", "--i3d-weights", "clip_vit_b32", "cmdbench weights fetch", "--tiny"):
+                   "i3d_pretrained_400", "--i3d-weights", "clip_vit_b32", "cmdbench weights fetch", "--tiny"):
         assert needle in msg, needle
     assert not (tmp_path / "rec").exists() and not (tmp_path / "w").exists()
     with pytest.raises(MissingInputsError, match="does not exist"):
@@ -117,3 +117,36 @@ def test_bad_input_policy_reaches_the_run_record(tmp_path):
     assert report["listed"] == 10 and report["usable"] == 9
     assert (tmp_path / "tab" / "quality_ucf101_tiny.md").read_text().count("Skipped inputs") == 1
     assert len(df) == 2
+
+
+def test_reproduction_defaults_to_the_preset_of_cmds_release():
+    from cmdbench.bench.repro_quality import build_parser
+
+    for table in ("ucf101", "webvid", "ablations"):
+        assert build_parser(table).parse_args([]).fvd_preset == "videogpt"
+    assert build_parser("ucf101").parse_args(["--fvd-preset", "stylegan-v"]).fvd_preset == "stylegan-v"
+
+
+def test_clipsim_rows_count_truncated_prompts(tmp_path):
+    # the streaming CLIPSIM counts prompts CLIP cut to 77 tokens; the reproduction path used to drop the count
+    from types import SimpleNamespace
+
+    from cmdbench.bench.repro_quality import FakeItem, Run, _clipsim_note, build_parser
+    from cmdbench.bench.sharded import Shard
+
+    class NoiseT2V:  # a stand-in text-to-video generator: seeded noise, so the test needs no model
+        name, conditioning = "noise-t2v", "text"
+        defaults = SimpleNamespace(num_frames=2, height=16, width=16, steps=1, guidance_scale=None)
+
+        def sample(self, *, prompts, num_frames, height, width, steps, generator, guidance_scale):
+            return torch.stack([torch.randint(0, 256, (num_frames, 3, height, width), generator=g,
+                                              dtype=torch.uint8) for g in generator])
+
+    args = build_parser("msrvtt").parse_args(["--tiny", "--work-dir", str(tmp_path), "--batch-size", "2"])
+    run = Run("msrvtt", args, Shard(), tmp_path, "r")
+    gen = NoiseT2V()
+    long_prompt = " ".join(["a very long caption"] * 40)  # far beyond 77 tokens
+    items = [FakeItem(0, prompt="fireworks"), FakeItem(1, prompt=long_prompt), FakeItem(2, prompt="a dog")]
+    fake = run.fake_statistics(gen, items, clip=run.clip(), label="t")
+    assert fake["stats"]["prompt_truncated"].bank.array()[:, 0].tolist() == [0.0, 1.0, 0.0]
+    assert _clipsim_note(fake).startswith("prompts_truncated=1 of 3")

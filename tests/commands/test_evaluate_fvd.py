@@ -104,3 +104,55 @@ def test_evaluate_generator_writes_rows(tmp_path):
     row = load_records(records).iloc[0]
     assert (row["generator"], row["seeds"], row["num_frames"], row["n"]) == ("tiny-unet3d-class", "0-1", 16, 2)
     assert row["value"] > 0 and row["conditioning"] == "class"
+
+
+def test_rows_and_printed_lines_name_preset_weights_estimator_and_storage(tmp_path, capsys):
+    # files written by `cmdbench sample` (write_mp4: libx264 crf 18 yuv420p) are scored as stored, and say so
+    from cmdbench.metrics.fvd import FVD, get_protocol
+
+    m = FVD(get_protocol("tats"), extractor="i3d-random-tiny")
+    stats = m.new_stats("real")
+    stats.update(torch.randn(3, 400, generator=torch.Generator().manual_seed(0)).double())
+    stats.save(tmp_path / "ref.npz")
+    fake = make_folder(tmp_path / "fake", 2, seed=1)
+    records = tmp_path / "records"
+    rc = run_cli(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", *TINY, "--ref-stats",
+                  str(tmp_path / "ref.npz"), "--records", str(records), "--non-strict", "--allow-singular"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "fvd2048_16f [tats: i3d-random-tiny sha256:" in out and "unbiased (n-1) covariance" in out
+    assert "videos: mp4 libx264 crf=18 yuv420p" in out
+    notes = load_records(records).iloc[0]["notes"]
+    assert '"storage": "mp4 libx264 crf=18 yuv420p"' in notes and '"estimator": "unbiased (n-1)"' in notes
+    assert '"preset": "tats"' in notes and '"extractor_checksum"' in notes
+    assert run_cli(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", *TINY, "--ref-stats",
+                    str(tmp_path / "ref.npz"), "--records", str(records), "--through-codec"]) == 2
+    assert "--through-codec applies to --generator" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_through_codec_makes_the_generator_path_equal_to_sample_then_evaluate(tmp_path):
+    # same seeds, two storage paths: in memory and sample -> mp4 -> evaluate --videos differ; --through-codec
+    # puts the in-memory videos through the same round trip, so the two FVDs become identical
+    from cmdbench.metrics.fvd import FVD, get_protocol
+
+    m = FVD(get_protocol("tats"), extractor="i3d-random-tiny")
+    stats = m.new_stats("real")
+    stats.update(torch.randn(4, 400, generator=torch.Generator().manual_seed(0)).double() * 0.1)
+    stats.save(tmp_path / "ref.npz")
+    # one video per sample() call, as the folder path scores them: the extractor sees the same batches
+    gen = ["--generator", "tiny-unet3d-class", "--tiny", "--seeds", "0-2", "--frames", "16", "--sample-batch-size", "1"]
+    common = ["--metric", "fvd2048_16f", *TINY, "--ref-stats", str(tmp_path / "ref.npz"), "--non-strict",
+              "--allow-singular"]
+    assert main(["sample", "tiny-unet3d-class", "--tiny", "--seeds", "0-2", "--frames", "16",
+                 "--out", str(tmp_path / "samples")]) == 0
+    values = {}
+    # (sample also writes grid.png beside the videos: skipped, and named, under --policy skip)
+    for name, argv in (("memory", gen), ("codec", [*gen, "--through-codec"]),
+                       ("files", ["--videos", str(tmp_path / "samples"), "--policy", "skip"])):
+        assert run_cli(["evaluate", *argv, *common, "--records", str(tmp_path / name)]) == 0
+        row = load_records(tmp_path / name).iloc[0]
+        values[name] = (row["value"], row["notes"])
+    assert values["codec"][0] == values["files"][0] != values["memory"][0]
+    assert '"storage": "mp4 libx264 crf=18 yuv420p"' in values["codec"][1]
+    assert '"storage": "in-memory uint8 (no codec)"' in values["memory"][1]

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 
 from cmdbench.interfaces import MetricValue, VideoMetric
 from cmdbench.metrics.frechet import FeatureStats, InsufficientSamplesError, stats_distance
-from cmdbench.metrics.fvd import FVD, PRESETS, build_extractor, get_protocol, preprocessing_of
+from cmdbench.metrics.fvd import (
+    DEFAULT_PRESET,
+    FVD,
+    PRESET_SOURCES,
+    PRESETS,
+    build_extractor,
+    describe,
+    get_protocol,
+    preprocessing_of,
+)
 from cmdbench.metrics.preprocess import Preprocessing
-from cmdbench.metrics.reference import ProtocolMismatchError, ReferenceCache, stats_key
+from cmdbench.metrics.reference import (
+    ProtocolMismatchError,
+    ReferenceCache,
+    numerics_of,
+    stats_key,
+    stats_metadata,
+)
 from cmdbench.registry import METRICS
+from cmdbench.video import IN_MEMORY
 
 
 class PixelStatsExtractor:
@@ -149,17 +167,76 @@ def test_reference_cache_is_content_addressed(tmp_path):
     m = make_fvd(p)
     m.update_real(videos(40, 0))
     cache = ReferenceCache(tmp_path)
-    proto, checksum = m.protocol, m.extractor.checksum
-    assert cache.get(proto, checksum, "manifest-a") is None
-    path = cache.put(m.real_accum, proto, checksum, "manifest-a")
+    proto, checksum, num = m.protocol, m.extractor.checksum, m.numerics
+    assert cache.get(proto, checksum, "manifest-a", numerics=num) is None
+    path = cache.put(m.real_accum, proto, checksum, "manifest-a", numerics=num)
     assert path.exists() and not list(tmp_path.glob("*.tmp"))
-    got = cache.get(proto, checksum, "manifest-a")
+    got = cache.get(proto, checksum, "manifest-a", numerics=num)
     np.testing.assert_array_equal(got.outer, m.real_accum.outer)
-    assert cache.get(proto, checksum, "manifest-b") is None  # other dataset content, other key
-    keys = {stats_key(proto, checksum), stats_key(proto, "other"), stats_key(proto, checksum, "m"),
-            stats_key(proto.__class__(**{**proto.__dict__, "clip_seed": 1}), checksum),
-            stats_key(proto.__class__(**{**proto.__dict__, "antialias": True}), checksum)}
+    assert cache.get(proto, checksum, "manifest-b", numerics=num) is None  # other dataset content, other key
+    keys = {stats_key(proto, checksum, numerics=num), stats_key(proto, "other", numerics=num),
+            stats_key(proto, checksum, "m", numerics=num),
+            stats_key(proto.__class__(**{**proto.__dict__, "clip_seed": 1}), checksum, numerics=num),
+            stats_key(proto.__class__(**{**proto.__dict__, "antialias": True}), checksum, numerics=num)}
     assert len(keys) == 5
+
+
+def test_cache_and_guard_refuse_to_mix_device_classes_dtypes_and_tf32(tmp_path, monkeypatch):
+    import torch
+
+    cpu = make_fvd(small_protocol())
+    p = cpu.protocol
+    cpu.update_real(videos(40, 0))
+    # the same statistics as a CUDA run would have recorded them (TF32 convolutions on, PyTorch's default)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    gpu_tf32 = numerics_of("cuda", torch.float32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    gpu_ieee = numerics_of("cuda", torch.float32)
+    cpu_half = numerics_of("cpu", torch.float16)
+    assert gpu_tf32["tf32_cudnn"] is True and gpu_ieee["tf32_cudnn"] is False
+    assert numerics_of("cpu")["tf32_cudnn"] is None  # the flags change nothing on a CPU: not part of its key
+    keys = {stats_key(p, "c", numerics=n) for n in (cpu.numerics, gpu_tf32, gpu_ieee, cpu_half)}
+    assert len(keys) == 4  # one cache entry per numeric setting: a CPU run never finds a GPU run's entry
+    cache = ReferenceCache(tmp_path)
+    gpu_stats = FeatureStats(6, metadata=stats_metadata(p, cpu.extractor.checksum, kind="real", numerics=gpu_tf32))
+    gpu_stats.merge(cpu.real_accum)
+    cache.put(gpu_stats, p, cpu.extractor.checksum, numerics=gpu_tf32)
+    assert cache.get(p, cpu.extractor.checksum, numerics=cpu.numerics) is None
+    # a file handed over by path (or copied into the CPU entry's name) is refused, naming what differs
+    path = gpu_stats.save(tmp_path / "gpu_real.npz")
+    with pytest.raises(ProtocolMismatchError, match=r"device_class: 'cuda' \(stats\) vs 'cpu'.*tf32_cudnn: True"):
+        FVD(p, extractor=PixelStatsExtractor(preprocessing_of(p)), reference=path)
+    gpu_stats.save(cache.path_for(p, cpu.extractor.checksum, numerics=cpu.numerics))
+    with pytest.raises(ProtocolMismatchError, match="other numerics"):
+        cache.get(p, cpu.extractor.checksum, numerics=cpu.numerics)
+    # statistics written before numerics were recorded cannot be told apart: refused too
+    legacy = FeatureStats(6, metadata={k: v for k, v in cpu.real_accum.metadata.items() if k != "numerics"})
+    legacy.merge(cpu.real_accum)
+    with pytest.raises(ProtocolMismatchError, match="do not record the numerics"):
+        cpu.set_reference(legacy)
+
+
+def test_reproduction_default_is_cmds_released_code_and_rows_name_it():
+    # CMD's release evaluates with PVDM's FVD code: i3d_pretrained_400 (BN eps 1e-5), short side + centre crop,
+    # unbiased covariance, SVD square root = the videogpt preset (see cmdbench.metrics.fvd's module doc)
+    assert DEFAULT_PRESET == "videogpt"
+    vg = PRESETS[DEFAULT_PRESET]
+    assert (vg.extractor, vg.resize, vg.ddof, vg.sqrtm) == ("i3d_pretrained_400", "short_side_crop", 1, "svd")
+    assert inspect.signature(FVD).parameters["protocol"].default == DEFAULT_PRESET
+    assert "CMD" in PRESET_SOURCES["videogpt"] and "paper cites" in PRESET_SOURCES["stylegan-v"]
+    m = make_fvd(small_protocol("videogpt", extractor="pixel-stats"))
+    m.update_real(videos(40, 0))
+    m.update(videos(40, 1, shift=20))
+    out = m.compute()
+    extra = out.extra
+    assert out.protocol == "videogpt" and extra["preset"] == "videogpt"
+    assert extra["extractor"] == "pixel-stats" and extra["extractor_checksum"] == "pixelstats-v1"
+    assert extra["estimator"] == "unbiased (n-1)" and extra["sqrtm"] == "svd"
+    assert extra["describe"] == "videogpt: pixel-stats sha256:pixelstats-v, unbiased (n-1) covariance, svd sqrt, " \
+                                "short_side_crop 224"
+    assert extra["storage"] == IN_MEMORY and extra["numerics"]["device_class"] == "cpu"
+    assert extra["frechet"]["error_bound"] > 0 and extra["weights_verified"] is None
+    assert "biased (/N)" in describe(PRESETS["stylegan-v"]) and "i3d_torchscript" in describe(PRESETS["stylegan-v"])
 
 
 def test_bootstrap_std_without_extra_passes():
