@@ -88,6 +88,9 @@ from cmdbench.metrics.efficiency import _first_tensor, training_stages
 
 GIB = 2**30
 MIB = 2**20
+# Storages held only by reference cycles die at a collection; the young generations hold everything a
+# network call creates, and a full collection of the process (torch, diffusers, transformers) costs ~0.4 s.
+GC_GENERATION = 1
 
 # --- The CUDA caching allocator's arithmetic (c10/cuda/CUDACachingAllocator.cpp) -------------------------
 
@@ -502,7 +505,7 @@ def trace_stage(stage: CostStage, batch: int, tracker: LiveMemory, *, sdpa: str 
 
     ``autocast``: run the call under :class:`CudaAutocast` with this dtype (float32 weights, mixed precision).
     """
-    gc.collect()
+    gc.collect(GC_GENERATION)
     base = tracker.current
     tracker.reset_peak()
     attention = FusedAttention(sdpa)
@@ -517,7 +520,7 @@ def trace_stage(stage: CostStage, batch: int, tracker: LiveMemory, *, sdpa: str 
         in_bytes = tracker.current - base
         out = _call(stage, inputs)
         del out, inputs
-    gc.collect()
+    gc.collect(GC_GENERATION)
     return StageMemory(stage=stage.name, batch=batch, peak=tracker.peak, activations=tracker.peak - base,
                        inputs=in_bytes, peak_reserved=tracker.peak_reserved, attention=dict(attention.calls))
 
@@ -589,7 +592,7 @@ class TrainingMemory:
     weights, gradients, optimizer_states: sizes of the parameters, their gradients and the Adam moments;
     peak: the largest live set over forward, backward and ``optimizer.step()`` of a steady-state step
     (moments already allocated; EMA copy when asked);
-    peak_phase: where that peak fell ("forward", "backward" or "optimizer").
+    peak_phase: where that peak fell ("forward", "backward" or "optimizer"); phase_peaks: each phase's peak.
     """
 
     stage: str
@@ -602,6 +605,7 @@ class TrainingMemory:
     peak_phase: str
     workspace: int
     ema: bool = False
+    phase_peaks: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_peak(self) -> int:
@@ -658,7 +662,7 @@ def predict_training_memory(
         for p in params:  # steady state: the moments exist before the step, as after the first one
             opt.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
         states = tracker.current - weights - sum(allocated_size(t.numel() * 4) for t in shadow)
-        gc.collect()
+        gc.collect(GC_GENERATION)
         tracker.reset_peak()
         with ExitStack() as stack:
             stack.enter_context(FusedAttention(sdpa))
@@ -672,7 +676,7 @@ def predict_training_memory(
         tracker.reset_peak()
         loss.backward()
         del loss
-        gc.collect()
+        gc.collect(GC_GENERATION)
         phase_peaks["backward"] = tracker.peak
         grads = sum(allocated_size(p.grad.numel() * p.grad.element_size()) for p in params if p.grad is not None)
         tracker.reset_peak()
@@ -684,4 +688,5 @@ def predict_training_memory(
     phase = max(phase_peaks, key=lambda k: phase_peaks[k])
     return TrainingMemory(stage=stage, batch_size=batch_size, precision=precision, weights=weights,
                           gradients=grads, optimizer_states=states, peak=phase_peaks[phase], peak_phase=phase,
-                          workspace=cublas_workspace_bytes(compute_capability), ema=ema)
+                          workspace=cublas_workspace_bytes(compute_capability), ema=ema,
+                          phase_peaks=dict(phase_peaks))
