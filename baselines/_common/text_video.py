@@ -64,6 +64,13 @@ TINY_VAE_CONFIG: dict[str, Any] = {
 }
 
 Tokenize = Callable[[Sequence[str]], dict[str, torch.Tensor]]
+# Prompts a text-to-video baseline samples when none are given (everyday scenes, one subject each).
+T2V_EVAL_PROMPTS = (
+    "a panda playing guitar in a bamboo forest",
+    "waves crashing on a rocky beach at sunset",
+    "a person riding a bicycle on a mountain road",
+    "fireworks over a city skyline at night",
+)
 
 
 # CLIP ViT-L/14 text tower (openai/clip-vit-large-patch14 = SD 1.5 text_encoder/config.json): the text
@@ -222,11 +229,25 @@ class TextToVideoLatentGenerator:
         """Keyword inputs of one ``denoiser(**kwargs)`` call at latent size ``(num_frames, h, w)``."""
         raise NotImplementedError
 
+    def cost_tensors(self, batch: int, num_frames: int, h: int, w: int, text_width: int,
+                     text_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Zero latents ``(B, 4, T, h, w)``, timestep 999 and text states ``(text_batch or B, L, text_width)``
+        on the denoiser's device and dtype: the pieces of :meth:`denoiser_inputs`."""
+        p = next(self.denoiser.parameters())
+        latents = torch.zeros(batch, LATENT_CHANNELS, num_frames, h, w, device=p.device, dtype=p.dtype)
+        states = torch.zeros(text_batch or batch, self.text_length, text_width, device=p.device, dtype=p.dtype)
+        return latents, torch.tensor(999, device=p.device), states
+
     def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompts -> ``(B, L, D)`` states (and an optional ``(B, L)`` mask); the text encoder's last layer."""
         tokens = {k: v.to(self.device) for k, v in self.tokenize(prompts).items()}
         states = self.text_encoder(**tokens).last_hidden_state  # (B, L, D)
         return states.to(self.dtype), tokens.get("attention_mask")
+
+    def encode_unconditional(self, states: torch.Tensor, mask: torch.Tensor | None
+                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The guidance branch's conditioning for prompts encoded as ``states``/``mask``: the empty prompt."""
+        return self.encode_text([""] * states.shape[0])
 
     # --- settings --------------------------------------------------------------------------------------
 
@@ -278,7 +299,7 @@ class TextToVideoLatentGenerator:
         with stage(self.stage_hook, "text_encoder"):
             states, mask = self.encode_text(prompts)  # (B, L, D)
             if use_cfg:
-                null_states, null_mask = self.encode_text([""] * batch)  # (B, L, D)
+                null_states, null_mask = self.encode_unconditional(states, mask)  # (B, L, D)
                 states = torch.cat([null_states, states])  # (2B, L, D)
                 mask = None if mask is None else torch.cat([null_mask, mask])
 
@@ -356,22 +377,6 @@ class TextToVideoLatentGenerator:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path / "tokenizer")
         return path
-
-
-def place(module: torch.nn.Module, device: str, dtype: torch.dtype) -> torch.nn.Module:
-    """Move a built or loaded module to ``device``/``dtype`` (meta modules change only their dtype)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    module = module.to(device=device)
-    if next(module.parameters()).dtype != dtype:
-        # diffusers warns about "modules to keep in float32" on every cast; these models list none
-        verbosity = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()
-        try:
-            module = module.to(dtype=dtype)
-        finally:
-            diffusers_logging.set_verbosity(verbosity)
-    return module
 
 
 def init_kwargs(cls: type, config: dict[str, Any]) -> dict[str, Any]:

@@ -8,13 +8,20 @@ Architecture (published configs, ``shared/reference/baselines.md`` §5.1 and §6
   block; 1312.73M params;
 - text encoder: CLIP ViT-L/14 text model, last hidden state, 77 tokens (123.06M);
 - VAE: SD ``AutoencoderKL`` per frame (83.65M);
-- sampler: DDIM with AnimateDiff's schedule (linear betas 0.00085-0.012, ``steps_offset=1``,
-  ``clip_sample=False``; the diffusers AnimateDiff docs), eta 0; the pipeline's defaults 16 frames,
-  50 steps, guidance 7.5, 512x512.
+- sampler: DDIM with AnimateDiff's schedule (``configs/inference/inference-v2.yaml``: linear betas
+  0.00085-0.012, ``steps_offset=1``, ``clip_sample=False``), eta 0; defaults of the AnimateDiff
+  repository's prompt configs for ``mm_sd_v15_v2.ckpt``: **25 steps, guidance 7.5**, 16 frames of
+  512x512 (``configs/prompts/2_motionlora/2_motionlora_RealisticVision.yaml``, ``scripts/animate.py``).
 
-Real checkpoints: a directory with ``vae/``, ``text_encoder/`` (+ optional ``tokenizer/``) and either
-``unet/`` holding a ``UNetMotionModel`` (as :meth:`save_pretrained` writes) or ``unet/`` holding the SD 1.5
-``UNet2DConditionModel`` plus ``motion_adapter/`` (guoyww/animatediff-motion-adapter-v1-5-2).
+Real checkpoints (``GeneratorSpec.checkpoint``):
+
+- ``"<base>"``: an SD 1.5 diffusers folder or hub id (``unet/``, ``vae/``, ``text_encoder/``,
+  ``tokenizer/``) with the motion adapter from the hub id ``guoyww/animatediff-motion-adapter-v1-5-2``;
+  a folder that also has ``motion_adapter/`` uses that one; a folder written by :meth:`save_pretrained`
+  (``unet/`` holding a ``UNetMotionModel``) is loaded as it is;
+- ``"<base>::<adapter>"``: the motion adapter given separately, as a ``MotionAdapter`` folder or hub id,
+  or as the original AnimateDiff file ``mm_sd_v15_v2.ckpt`` (``.ckpt``/``.pth``/``.pt``/``.safetensors``),
+  whose keys are converted with diffusers' own ``convert_animatediff_checkpoint_to_diffusers``.
 """
 
 from __future__ import annotations
@@ -26,24 +33,27 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
-from baselines._common.loading import load_component, require_subfolders
+from baselines._common.builder import Networks, Part, Recipe, load_diffusers_checkpoint, register
+from baselines._common.loading import MissingWeightsError, load_component, require_subfolders
 from baselines._common.text_video import (
     CLIP_L_TEXT_CONFIG,
+    END_TOKEN,
     SD_VAE_CONFIG,
+    T2V_EVAL_PROMPTS,
     TINY_CLIP_L_TEXT_CONFIG,
     TINY_VAE_CONFIG,
+    VAE_SCALE,
     TextToVideoLatentGenerator,
     clip_bpe_tokenizer,
     hf_tokenizer,
     init_kwargs,
-    place,
-    seeded_init,
 )
 from cmdbench.interfaces import GeneratorSpec, SamplingDefaults, UnsupportedSettingError
-from cmdbench.registry import GENERATORS
 
 NAME = "animatediff-v152"
 WEIGHTS = "runwayml/stable-diffusion-v1-5 + guoyww/animatediff-motion-adapter-v1-5-2"
+DEFAULT_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
+ORIGINAL_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors")
 TEXT_LENGTH = 77
 WEIGHT_SEED = 0
 
@@ -79,6 +89,7 @@ ADAPTER_CONFIG: dict[str, Any] = {
     "use_motion_mid_block": True,
 }
 TEXT_CONFIG = CLIP_L_TEXT_CONFIG  # CLIP ViT-L/14 text tower (SD 1.5's)
+# configs/inference/inference-v2.yaml noise_scheduler_kwargs (guoyww/AnimateDiff @ e92bd56).
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -109,16 +120,13 @@ TINY_ADAPTER_CONFIG: dict[str, Any] = {
 }
 TINY_TEXT_CONFIG = TINY_CLIP_L_TEXT_CONFIG
 
-DEFAULTS = SamplingDefaults(num_frames=16, height=512, width=512, steps=50, guidance_scale=7.5)
+# guoyww/AnimateDiff @ e92bd56: every mm_sd_v15_v2.ckpt entry of configs/prompts/2_motionlora/*.yaml has
+# steps 25, guidance_scale 7.5 (the 1_animate configs use 25 and 7.5-8); scripts/animate.py: L=16, W=H=512.
+DEFAULTS = SamplingDefaults(num_frames=16, height=512, width=512, steps=25, guidance_scale=7.5)
 TINY_DEFAULTS = SamplingDefaults(num_frames=4, height=32, width=32, steps=2, guidance_scale=7.5)
-EVAL_PROMPTS = (
-    "a panda playing guitar in a bamboo forest",
-    "waves crashing on a rocky beach at sunset",
-    "a person riding a bicycle on a mountain road",
-    "fireworks over a city skyline at night",
-)
-LAYOUT = ("vae/, text_encoder/, and unet/ (UNetMotionModel) or unet/ (SD 1.5 UNet2DConditionModel) + "
-          "motion_adapter/")
+EVAL_PROMPTS = T2V_EVAL_PROMPTS
+LAYOUT = ("'<SD 1.5 folder or hub id>[::<MotionAdapter folder, hub id or mm_sd_v15_v2.ckpt>]' (default "
+          f"adapter {DEFAULT_ADAPTER}), a folder with unet/ + motion_adapter/, or one written by save_pretrained")
 
 
 class AnimateDiffV152(TextToVideoLatentGenerator):
@@ -138,78 +146,111 @@ class AnimateDiffV152(TextToVideoLatentGenerator):
         return self.denoiser(latents, t, encoder_hidden_states=states).sample  # (N, 4, T, h, w)
 
     def denoiser_inputs(self, batch: int, num_frames: int, h: int, w: int) -> dict[str, Any]:
-        p = next(self.denoiser.parameters())
-        width = self.denoiser.config.cross_attention_dim
-        return {
-            "sample": torch.zeros(batch, 4, num_frames, h, w, device=p.device, dtype=p.dtype),
-            "timestep": torch.tensor(999, device=p.device),
-            "encoder_hidden_states": torch.zeros(batch * num_frames, TEXT_LENGTH, width, device=p.device,
-                                                 dtype=p.dtype),
-        }
+        z, t, states = self.cost_tensors(batch, num_frames, h, w, self.denoiser.config.cross_attention_dim,
+                                         text_batch=batch * num_frames)  # states repeated per frame
+        return {"sample": z, "timestep": t, "encoder_hidden_states": states}
 
 
-def build_random(tiny: bool, device: str) -> tuple[UNetMotionModel, AutoencoderKL, torch.nn.Module]:
-    """``UNetMotionModel.from_unet2d`` on the published configs (or miniatures), random weights."""
+def random_networks(tiny: bool) -> Networks:
+    """``UNetMotionModel.from_unet2d`` on the published configs (or miniatures); random weights."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    with seeded_init(device, WEIGHT_SEED):
-        unet2d = UNet2DConditionModel(**init_kwargs(UNet2DConditionModel, TINY_UNET_CONFIG if tiny else SD15_UNET_CONFIG))
-        adapter = MotionAdapter(**(TINY_ADAPTER_CONFIG if tiny else ADAPTER_CONFIG))
-        # load_weights=False: only the architecture (copying weights is impossible on meta)
-        unet = UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=device != "meta")
-        vae = AutoencoderKL(**(TINY_VAE_CONFIG if tiny else SD_VAE_CONFIG))
-        text = CLIPTextModel(CLIPTextConfig(**(TINY_TEXT_CONFIG if tiny else TEXT_CONFIG)))
-    return unet, vae, text
-
-
-def load_unet(ckpt: str) -> UNetMotionModel:
-    """``unet/`` as a saved UNetMotionModel, or SD 1.5 ``unet/`` + ``motion_adapter/`` joined by from_unet2d."""
-    config = Path(ckpt).expanduser() / "unet" / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("_class_name") == "UNetMotionModel":
-        return load_component(NAME, UNetMotionModel, ckpt, "unet")
-    require_subfolders(NAME, ckpt, ["unet", "motion_adapter"], LAYOUT)
-    unet2d = load_component(NAME, UNet2DConditionModel, ckpt, "unet")
-    adapter = load_component(NAME, MotionAdapter, ckpt, "motion_adapter")
-    return UNetMotionModel.from_unet2d(unet2d, adapter)
-
-
-def build(spec: GeneratorSpec) -> AnimateDiffV152:
-    """Random weights (``checkpoint=None``; miniature when ``tiny``) or a real checkpoint directory."""
-    dtype = spec.torch_dtype
-    tokenizer = None
-    tokenize = clip_bpe_tokenizer(TEXT_LENGTH, pad_id=49407)  # SD 1.5's CLIPTokenizer pads with </s>
-    if spec.checkpoint is None:
-        unet, vae, text = build_random(spec.tiny, spec.device)
-    else:
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        ckpt = spec.checkpoint
-        require_subfolders(NAME, ckpt, ["unet", "vae", "text_encoder"], LAYOUT)
-        unet = load_unet(ckpt)
-        vae = load_component(NAME, AutoencoderKL, ckpt, "vae")
-        text = load_component(NAME, CLIPTextModel, ckpt, "text_encoder")
-        if (Path(ckpt).expanduser() / "tokenizer").is_dir():
-            tokenizer = load_component(NAME, CLIPTokenizer, ckpt, "tokenizer")
-            tokenize = hf_tokenizer(tokenizer, TEXT_LENGTH)
-    return AnimateDiffV152(
-        name=NAME,
-        denoiser=place(unet, spec.device, dtype),
-        vae=place(vae, spec.device, dtype),
-        text_encoder=place(text, spec.device, dtype),
-        tokenize=tokenize,
-        tokenizer=tokenizer,
-        text_length=TEXT_LENGTH,
-        scheduler_config=SCHEDULER_CONFIG,
-        defaults=TINY_DEFAULTS if spec.tiny else DEFAULTS,
-        spatial_multiple=8 * 2 ** (len(unet.config.block_out_channels) - 1),
-        eval_prompts=EVAL_PROMPTS,
-        device=spec.device,
-        dtype=dtype,
+    unet2d = UNet2DConditionModel(**init_kwargs(UNet2DConditionModel, TINY_UNET_CONFIG if tiny else SD15_UNET_CONFIG))
+    adapter = MotionAdapter(**(TINY_ADAPTER_CONFIG if tiny else ADAPTER_CONFIG))
+    # load_weights=False on meta: only the architecture (copying weights is impossible there)
+    unet = UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=unet2d.device.type != "meta")
+    return Networks(
+        denoiser=unet,
+        vae=AutoencoderKL(**(TINY_VAE_CONFIG if tiny else SD_VAE_CONFIG)),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**(TINY_TEXT_CONFIG if tiny else TEXT_CONFIG))),
+        tokenize=clip_bpe_tokenizer(TEXT_LENGTH, pad_id=END_TOKEN),  # SD 1.5's CLIPTokenizer pads with </s>
     )
 
 
-GENERATORS.register(
-    NAME,
-    build,
-    description="AnimateDiff: SD 1.5 + motion adapter v1-5-2 (diffusers UNetMotionModel), DDIM, cfg 7.5",
+def motion_adapter_from_original(path: Path, tiny: bool = False) -> MotionAdapter:
+    """AnimateDiff's own motion-module file (``mm_sd_v15_v2.ckpt``) -> a diffusers ``MotionAdapter``.
+
+    Keys are converted by diffusers' ``convert_animatediff_checkpoint_to_diffusers`` (what
+    ``MotionAdapter.from_single_file`` uses). The sinusoidal position tables (``pos_encoder.pe``) are
+    not weights: their length sets ``motion_max_seq_length`` and they must equal the table the adapter
+    computes. Every other key must match the adapter exactly. ``tiny``: the miniature configuration.
+    """
+    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    tables = {k: v for k, v in state.items() if k.endswith("pos_encoder.pe")}
+    config = dict(TINY_ADAPTER_CONFIG if tiny else ADAPTER_CONFIG)
+    config["use_motion_mid_block"] = any(k.startswith("mid_block.") for k in state)
+    if tables:
+        config["motion_max_seq_length"] = next(iter(tables.values())).shape[1]  # (1, max_len, C)
+    adapter = MotionAdapter(**config)
+    result = adapter.load_state_dict(convert_animatediff_checkpoint_to_diffusers(state), strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("pos_embed.pe")]
+    if missing or result.unexpected_keys:
+        raise MissingWeightsError(
+            f"{NAME}: {path} is not an AnimateDiff SD 1.5 motion module ({config}): missing {missing[:5]} "
+            f"({len(missing)}), unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
+        )
+    computed = adapter.state_dict()
+    for key, table in tables.items():  # down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0...
+        block = key.replace(".temporal_transformer", "").split(".attention_blocks.")[0]
+        if not torch.allclose(table.float(), computed[f"{block}.pos_embed.pe"].float(), atol=1e-5):
+            raise ValueError(f"{NAME}: {path}: {key} is not the sinusoidal table MotionAdapter computes")
+    return adapter
+
+
+def load_motion_adapter(source: str, dtype: torch.dtype, tiny: bool) -> MotionAdapter:
+    """A ``MotionAdapter`` folder or hub id, or AnimateDiff's original motion-module file."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix not in ORIGINAL_SUFFIXES:
+            raise MissingWeightsError(f"{NAME}: motion adapter file {path} is not one of {ORIGINAL_SUFFIXES}")
+        return motion_adapter_from_original(path, tiny=tiny).to(dtype)
+    return load_component(NAME, MotionAdapter, source, None, dtype=dtype)
+
+
+def load_networks(spec: GeneratorSpec) -> Networks:
+    """The networks of ``spec.checkpoint`` (layouts in the module docstring)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base, separate, adapter = str(spec.checkpoint).partition("::")
+    dtype = spec.torch_dtype
+    config = Path(base).expanduser() / "unet" / "config.json"
+    saved_motion_unet = config.is_file() and json.loads(config.read_text()).get("_class_name") == "UNetMotionModel"
+    if saved_motion_unet and not separate:
+        denoiser: Any = Part("unet", UNetMotionModel)
+    else:
+        if not separate:
+            local_adapter = Path(base).expanduser() / "motion_adapter"
+            adapter = str(local_adapter) if local_adapter.is_dir() else DEFAULT_ADAPTER
+        require_subfolders(NAME, base, ["unet"], LAYOUT)
+        unet2d = load_component(NAME, UNet2DConditionModel, base, "unet", dtype=dtype)
+        denoiser = UNetMotionModel.from_unet2d(unet2d, load_motion_adapter(adapter, dtype, spec.tiny))
+    return load_diffusers_checkpoint(
+        NAME, base, dtype, denoiser=denoiser, text_encoder=Part("text_encoder", CLIPTextModel),
+        tokenizer=Part("tokenizer", CLIPTokenizer), tokenize=lambda tok: hf_tokenizer(tok, TEXT_LENGTH),
+        layout=LAYOUT, fallback_tokenize=clip_bpe_tokenizer(TEXT_LENGTH, pad_id=END_TOKEN),
+        scheduler=False,  # AnimateDiff's own schedule, not the SD 1.5 base's PNDM
+    )
+
+
+RECIPE = Recipe(
+    name=NAME, generator=AnimateDiffV152, text_length=TEXT_LENGTH, scheduler_config=SCHEDULER_CONFIG,
+    defaults=DEFAULTS, tiny_defaults=TINY_DEFAULTS, eval_prompts=EVAL_PROMPTS,
+    random_networks=random_networks, load_networks=load_networks,
+    # the UNet resizes odd-sized skip connections, so any multiple of the VAE's 8 works (as in the pipeline)
+    spatial_multiple=lambda denoiser: VAE_SCALE,
+    weight_seed=WEIGHT_SEED,
+)
+
+
+build = register(
+    RECIPE,
+    description="AnimateDiff: SD 1.5 + motion adapter v1-5-2 (diffusers UNetMotionModel), DDIM 25 steps, cfg 7.5",
 )

@@ -12,10 +12,19 @@ Architecture (published configs, ``shared/reference/baselines.md`` §6.5), from 
 - sampler: DDIM with Latte's schedule (linear betas 0.0001-0.02; ``configs/t2x/t2v_sample.yaml``),
   eta 0; 16 frames (fixed by the learned temporal position table), 50 steps, guidance 7.5, 512x512.
 
-Caption masking: ``LattePipeline`` crops the batch's T5 states to the longest prompt in the batch
-(``mask_feature``), which makes a sample depend on its batch. Here every prompt keeps all 120 tokens and
-its padding is masked out of the cross-attention (an additive -10000 bias), i.e. each prompt is cropped to
-its own length; batch-size invariant.
+Captions as ``LattePipeline`` (diffusers 0.42.1, ``encode_prompt`` with ``mask_feature=True``) treats a
+single prompt: lower-cased and stripped (``_text_preprocessing`` without ``clean_caption``, which needs
+bs4 and ftfy), T5 states of the prompt's own tokens (the pipeline crops them to the attention mask's
+length), and for guidance the empty prompt's T5 states cropped to **the prompt's** token count. Here
+every prompt keeps all 120 positions and the cross-attention masks the positions past its token count
+(an additive -10000 bias, which is exact zero weight in float32), for the conditional and the
+unconditional branch alike: the same numbers as the pipeline at batch 1, for every sample of any batch
+(the pipeline at batch > 1 instead zeroes padding states and keeps all 120, so its samples depend on
+their batch).
+
+T5-XXL is loaded with ``from_pretrained(dtype=...)`` in the compute dtype, so transformers keeps its
+``_keep_in_fp32_modules`` (``wo``) in float32 in float16, as the pipeline's own loading does; random
+weights get the same split (:func:`baselines._common.loading.place`).
 """
 
 from __future__ import annotations
@@ -25,18 +34,17 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, LatteTransformer3DModel
 
-from baselines._common.loading import load_component, require_subfolders
+from baselines._common.builder import Networks, Part, Recipe, load_diffusers_checkpoint, register
 from baselines._common.text_video import (
     SD_VAE_CONFIG,
     TINY_VAE_CONFIG,
+    VAE_SCALE,
     TextToVideoLatentGenerator,
     clip_bpe_tokenizer,
     hf_tokenizer,
-    place,
     seeded_init,
 )
 from cmdbench.interfaces import GeneratorSpec, SamplingDefaults, UnsupportedSettingError
-from cmdbench.registry import GENERATORS
 
 NAME = "latte-1"
 HUB_ID = "maxin-cn/Latte-1"
@@ -131,10 +139,18 @@ class Latte1(TextToVideoLatentGenerator):
             )
 
     def encode_text(self, prompts):
+        """Lower-cased, stripped prompts -> T5 states ``(B, 120, 4096)`` and their ``(B, 120)`` token mask."""
+        prompts = [p.lower().strip() for p in prompts]  # LattePipeline._text_preprocessing
         tokens = {k: v.to(self.device) for k, v in self.tokenize(prompts).items()}
         states = self.text_encoder(input_ids=tokens["input_ids"],
                                    attention_mask=tokens["attention_mask"]).last_hidden_state  # (B, L, 4096)
         return states.to(self.dtype), tokens["attention_mask"]
+
+    def encode_unconditional(self, states, mask):
+        """The empty prompt's T5 states, seen through each prompt's mask: the first ``n_i`` positions of
+        "" for a prompt of ``n_i`` tokens, as ``LattePipeline.encode_prompt`` crops them."""
+        null_states, _ = self.encode_text([""] * states.shape[0])  # (B, 120, 4096)
+        return null_states, mask
 
     def predict_noise(self, latents, t, text_states, text_mask):
         n, _, frames = latents.shape[:3]
@@ -145,71 +161,60 @@ class Latte1(TextToVideoLatentGenerator):
         return out[:, : latents.shape[1]]  # the noise half; the other half is the learned variance
 
     def denoiser_inputs(self, batch: int, num_frames: int, h: int, w: int) -> dict[str, Any]:
-        p = next(self.denoiser.parameters())
-        width = self.denoiser.config.caption_channels
-        return {
-            "hidden_states": torch.zeros(batch, 4, num_frames, h, w, device=p.device, dtype=p.dtype),
-            "timestep": torch.full((batch,), 999, device=p.device),
-            "encoder_hidden_states": torch.zeros(batch, TEXT_LENGTH, width, device=p.device, dtype=p.dtype),
-        }
+        z, t, states = self.cost_tensors(batch, num_frames, h, w, self.denoiser.config.caption_channels)
+        return {"hidden_states": z, "timestep": t.expand(batch), "encoder_hidden_states": states}
 
     def components(self) -> dict[str, Any]:
         return {"transformer": self.denoiser, "vae": self.vae, "text_encoder": self.text_encoder}
 
 
-def build(spec: GeneratorSpec) -> Latte1:
-    """Random weights (``checkpoint=None``; miniature when ``tiny``) or a real checkpoint (dir or hub id)."""
+def random_networks(tiny: bool) -> Networks:
+    """The published architecture (or its miniature); random weights. T5 is built on first use."""
     from transformers import T5Config, T5EncoderModel
 
-    dtype = spec.torch_dtype
-    tokenizer = None
-    if spec.checkpoint is None:
-        t5_config = TINY_T5_CONFIG if spec.tiny else T5_CONFIG
-        with seeded_init(spec.device, WEIGHT_SEED):
-            transformer = LatteTransformer3DModel(**(TINY_TRANSFORMER_CONFIG if spec.tiny else TRANSFORMER_CONFIG))
-            vae = AutoencoderKL(**(TINY_VAE_CONFIG if spec.tiny else SD_VAE_CONFIG))
+    t5_config = TINY_T5_CONFIG if tiny else T5_CONFIG
+    device = torch.get_default_device()  # the builder's device: random_networks runs under seeded_init
 
-        def make_text_encoder() -> torch.nn.Module:
-            with seeded_init(spec.device, WEIGHT_SEED + 1):
-                return place(T5EncoderModel(T5Config(**t5_config)), spec.device, dtype)
+    def make_text_encoder() -> torch.nn.Module:
+        with seeded_init(str(device), WEIGHT_SEED + 1):
+            return T5EncoderModel(T5Config(**t5_config))
 
-        text: Any = make_text_encoder
-        # No T5 tokenizer offline: the CLIP BPE ids (folded into T5's vocabulary) drive random weights.
-        bpe = clip_bpe_tokenizer(TEXT_LENGTH)
+    # No T5 tokenizer offline: the CLIP BPE ids (folded into T5's vocabulary) drive random weights.
+    bpe = clip_bpe_tokenizer(TEXT_LENGTH)
 
-        def tokenize(prompts):
-            ids = bpe(prompts)["input_ids"]  # (B, 120), 0 = padding
-            return {"input_ids": ids % t5_config["vocab_size"], "attention_mask": (ids != 0).long()}
-    else:
-        from transformers import AutoTokenizer
+    def tokenize(prompts):
+        ids = bpe(prompts)["input_ids"]  # (B, 120), 0 = padding
+        return {"input_ids": ids % t5_config["vocab_size"], "attention_mask": (ids != 0).long()}
 
-        ckpt = spec.checkpoint
-        require_subfolders(NAME, ckpt, ["transformer", "vae", "text_encoder", "tokenizer"], LAYOUT)
-        transformer = load_component(NAME, LatteTransformer3DModel, ckpt, "transformer")
-        vae = load_component(NAME, AutoencoderKL, ckpt, "vae")
-        text = place(load_component(NAME, T5EncoderModel, ckpt, "text_encoder"), spec.device, dtype)
-        tokenizer = load_component(NAME, AutoTokenizer, ckpt, "tokenizer")
-        tokenize = hf_tokenizer(tokenizer, TEXT_LENGTH, with_mask=True)
-    return Latte1(
-        name=NAME,
-        denoiser=place(transformer, spec.device, dtype),
-        vae=place(vae, spec.device, dtype),
-        text_encoder=text,
+    return Networks(
+        denoiser=LatteTransformer3DModel(**(TINY_TRANSFORMER_CONFIG if tiny else TRANSFORMER_CONFIG)),
+        vae=AutoencoderKL(**(TINY_VAE_CONFIG if tiny else SD_VAE_CONFIG)),
+        text_encoder=make_text_encoder,
         tokenize=tokenize,
-        tokenizer=tokenizer,
-        text_length=TEXT_LENGTH,
-        scheduler_config=SCHEDULER_CONFIG,
-        defaults=TINY_DEFAULTS if spec.tiny else DEFAULTS,
-        spatial_multiple=8 * transformer.config.patch_size,
-        eval_prompts=EVAL_PROMPTS,
-        device=spec.device,
-        dtype=dtype,
     )
 
 
+def load_networks(spec: GeneratorSpec) -> Networks:
+    """A diffusers-layout directory or hub id (maxin-cn/Latte-1); T5 in the compute dtype (see above)."""
+    from transformers import AutoTokenizer, T5EncoderModel
 
-GENERATORS.register(
-    NAME,
-    build,
+    return load_diffusers_checkpoint(
+        NAME, spec.checkpoint, spec.torch_dtype, denoiser=Part("transformer", LatteTransformer3DModel),
+        text_encoder=Part("text_encoder", T5EncoderModel), tokenizer=Part("tokenizer", AutoTokenizer),
+        tokenize=lambda tok: hf_tokenizer(tok, TEXT_LENGTH, with_mask=True), layout=LAYOUT,
+    )
+
+
+RECIPE = Recipe(
+    name=NAME, generator=Latte1, text_length=TEXT_LENGTH, scheduler_config=SCHEDULER_CONFIG,
+    defaults=DEFAULTS, tiny_defaults=TINY_DEFAULTS, eval_prompts=EVAL_PROMPTS,
+    random_networks=random_networks, load_networks=load_networks,
+    spatial_multiple=lambda denoiser: VAE_SCALE * denoiser.config.patch_size,
+    weight_seed=WEIGHT_SEED,
+)
+
+
+build = register(
+    RECIPE,
     description="Latte-1 (diffusers LatteTransformer3DModel, T5-XXL text built on demand, SD VAE), DDIM, cfg 7.5",
 )

@@ -12,6 +12,9 @@
 A real checkpoint is either LVDM's own ``t2v.ckpt`` (PyTorch Lightning; ``model.diffusion_model.*``,
 ``first_stage_model.*`` and ``cond_stage_model.transformer.*`` are mapped onto the three networks) or
 a diffusers-layout directory written by :meth:`save_pretrained` (``unet/``, ``vae/``, ``text_encoder/``).
+A ``t2v.ckpt`` without the CLIP text weights takes them (and the tokenizer) from
+``"<t2v.ckpt>::<CLIP folder or hub id>"``, else from ``openai/clip-vit-large-patch14`` (LVDM's own
+``FrozenCLIPEmbedder`` version, from the local Hugging Face cache), else stops saying what to pass.
 """
 
 from __future__ import annotations
@@ -22,25 +25,27 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
-from baselines._common.loading import MissingWeightsError, load_component, require_subfolders
+from baselines._common.builder import Networks, Part, Recipe, load_diffusers_checkpoint, register
+from baselines._common.loading import MissingWeightsError, load_component
 from baselines._common.text_video import (
     CLIP_L_TEXT_CONFIG,
     END_TOKEN,
     SD_VAE_CONFIG,
+    T2V_EVAL_PROMPTS,
     TINY_CLIP_L_TEXT_CONFIG,
     TINY_VAE_CONFIG,
+    VAE_SCALE,
     TextToVideoLatentGenerator,
     clip_bpe_tokenizer,
     hf_tokenizer,
-    place,
-    seeded_init,
 )
 from baselines.lvdm.unet3d import LVDMUNet3D
 from cmdbench.interfaces import GeneratorSpec, SamplingDefaults, UnsupportedSettingError
-from cmdbench.registry import GENERATORS
 
 NAME = "lvdm-t2v"
 WEIGHTS = "Yingqing/LVDM lvdm_short/t2v.ckpt"
+CLIP_PREFIX = "cond_stage_model.transformer."
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # FrozenCLIPEmbedder's version (lvdm/models/modules/condition_modules.py)
 TEXT_LENGTH = 77
 WEIGHT_SEED = 0
 
@@ -87,13 +92,9 @@ TINY_TEXT_CONFIG = TINY_CLIP_L_TEXT_CONFIG
 DEFAULTS = SamplingDefaults(num_frames=16, height=256, width=256, steps=50, guidance_scale=15.0)
 TINY_DEFAULTS = SamplingDefaults(num_frames=4, height=32, width=32, steps=2, guidance_scale=15.0)
 ETA = 1.0  # scripts/sample_text2video.py --eta default
-EVAL_PROMPTS = (
-    "a panda playing guitar in a bamboo forest",
-    "waves crashing on a rocky beach at sunset",
-    "a person riding a bicycle on a mountain road",
-    "fireworks over a city skyline at night",
-)
-LAYOUT = "LVDM's t2v.ckpt, or a directory with unet/, vae/, text_encoder/ written by save_pretrained"
+EVAL_PROMPTS = T2V_EVAL_PROMPTS
+LAYOUT = ("LVDM's t2v.ckpt (or '<t2v.ckpt>::<CLIP ViT-L/14 text folder or hub id>' when the file lacks the "
+          "CLIP weights), or a directory with unet/, vae/, text_encoder/ written by save_pretrained")
 
 
 class LVDMT2V(TextToVideoLatentGenerator):
@@ -108,29 +109,40 @@ class LVDMT2V(TextToVideoLatentGenerator):
         return self.denoiser(latents, t, text_states)  # (N, 4, T, h, w)
 
     def denoiser_inputs(self, batch: int, num_frames: int, h: int, w: int) -> dict[str, Any]:
-        p = next(self.denoiser.parameters())
-        width = self.denoiser.config.context_dim
-        return {
-            "x": torch.zeros(batch, 4, num_frames, h, w, device=p.device, dtype=p.dtype),
-            "timesteps": torch.tensor(999, device=p.device),
-            "context": torch.zeros(batch, TEXT_LENGTH, width, device=p.device, dtype=p.dtype),
-        }
+        z, t, states = self.cost_tensors(batch, num_frames, h, w, self.denoiser.config.context_dim)
+        return {"x": z, "timesteps": t, "context": states}
 
 
-def build_random(tiny: bool, device: str) -> tuple[LVDMUNet3D, AutoencoderKL, torch.nn.Module]:
-    """The published architecture (or its miniature) with random weights drawn from :data:`WEIGHT_SEED`."""
+def random_networks(tiny: bool) -> Networks:
+    """The published architecture (or its miniature); random weights (drawn under the builder's seed)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    with seeded_init(device, WEIGHT_SEED):
-        unet = LVDMUNet3D(**(TINY_UNET_CONFIG if tiny else UNET_CONFIG))
-        vae = AutoencoderKL(**(TINY_VAE_CONFIG if tiny else SD_VAE_CONFIG))
-        text = CLIPTextModel(CLIPTextConfig(**(TINY_TEXT_CONFIG if tiny else TEXT_CONFIG)))
-    return unet, vae, text
+    return Networks(
+        denoiser=LVDMUNet3D(**(TINY_UNET_CONFIG if tiny else UNET_CONFIG)),
+        vae=AutoencoderKL(**(TINY_VAE_CONFIG if tiny else SD_VAE_CONFIG)),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**(TINY_TEXT_CONFIG if tiny else TEXT_CONFIG))),
+        tokenize=clip_bpe_tokenizer(TEXT_LENGTH, pad_id=END_TOKEN),  # FrozenCLIPEmbedder pads with </s>
+    )
 
 
-def load_lightning_ckpt(path: Path, tiny: bool = False) -> tuple[LVDMUNet3D, AutoencoderKL, torch.nn.Module]:
+def load_clip(source: str, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+    """CLIP ViT-L/14 text model and tokenizer from a folder or hub id: ``text_encoder/`` + ``tokenizer/``
+    subfolders (an SD 1.x checkpoint) or both at the top (``openai/clip-vit-large-patch14``)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    nested = Path(source).expanduser().joinpath("text_encoder").is_dir()
+    text = load_component(NAME, CLIPTextModel, source, "text_encoder" if nested else None, dtype=dtype)
+    tokenizer = load_component(NAME, CLIPTokenizer, source, "tokenizer" if nested else None)
+    return text, tokenizer
+
+
+def load_lightning_ckpt(path: Path, tiny: bool = False, clip: str | None = None,
+                        dtype: torch.dtype = torch.float32) -> Networks:
     """LVDM's ``t2v.ckpt`` -> the three networks (strict key matching: a mismatch is an error).
 
+    The CLIP text weights are ``cond_stage_model.transformer.*``; a file without them takes the text
+    encoder and tokenizer from ``clip`` (default :data:`DEFAULT_CLIP`, the model LVDM's
+    ``FrozenCLIPEmbedder`` loads), and says what to pass when that cannot be loaded.
     ``tiny``: the file holds the miniature configuration (tests write such files).
     """
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
@@ -149,57 +161,58 @@ def load_lightning_ckpt(path: Path, tiny: bool = False) -> tuple[LVDMUNet3D, Aut
     unet.load_state_dict(part("model.diffusion_model."), strict=True)
     vae = AutoencoderKL(**(TINY_VAE_CONFIG if tiny else SD_VAE_CONFIG))
     vae.load_state_dict(convert_ldm_vae_checkpoint(part("first_stage_model."), vae.config), strict=True)
-    text = CLIPTextModel(CLIPTextConfig(**(TINY_TEXT_CONFIG if tiny else TEXT_CONFIG)))
-    text_state = part("cond_stage_model.transformer.")
-    text_state.pop("text_model.embeddings.position_ids", None)  # a buffer in older transformers
-    text.load_state_dict(text_state, strict=True)
-    return unet, vae, text
+    text_state = {k[len(CLIP_PREFIX):]: v for k, v in state.items() if k.startswith(CLIP_PREFIX)}
+    if text_state:
+        if clip is not None:
+            raise ValueError(f"{NAME}: {path} holds its own CLIP text weights ('{CLIP_PREFIX}*'); "
+                             f"drop '::{clip}' from the checkpoint")
+        text = CLIPTextModel(CLIPTextConfig(**(TINY_TEXT_CONFIG if tiny else TEXT_CONFIG)))
+        text_state.pop("text_model.embeddings.position_ids", None)  # a buffer in older transformers
+        text.load_state_dict(text_state, strict=True)
+        return Networks(denoiser=unet, vae=vae, text_encoder=text,
+                        tokenize=clip_bpe_tokenizer(TEXT_LENGTH, pad_id=END_TOKEN))
+    try:
+        text, tokenizer = load_clip(clip or DEFAULT_CLIP, dtype)
+    except MissingWeightsError as err:
+        raise MissingWeightsError(
+            f"{NAME}: {path} has no CLIP text weights ('{CLIP_PREFIX}*') and "
+            f"{'the given' if clip else 'the default'} CLIP text model {clip or DEFAULT_CLIP!r} could not be "
+            f"loaded; pass '<t2v.ckpt>::<folder or hub id of CLIP ViT-L/14 text>' (e.g. {DEFAULT_CLIP}, or an "
+            f"SD 1.x folder with text_encoder/ and tokenizer/). Cause: {err}"
+        ) from err
+    return Networks(denoiser=unet, vae=vae, text_encoder=text, tokenize=hf_tokenizer(tokenizer, TEXT_LENGTH),
+                    tokenizer=tokenizer)
 
 
-def build(spec: GeneratorSpec) -> LVDMT2V:
-    """Random weights (``checkpoint=None``; miniature when ``tiny``) or a real checkpoint (file or dir)."""
-    dtype = spec.torch_dtype
-    tokenizer = None
-    tokenize = clip_bpe_tokenizer(TEXT_LENGTH, pad_id=END_TOKEN)  # FrozenCLIPEmbedder pads with </s>
-    if spec.checkpoint is None:
-        unet, vae, text = build_random(spec.tiny, spec.device)
-    else:
-        from transformers import CLIPTextModel, CLIPTokenizer
+def load_networks(spec: GeneratorSpec) -> Networks:
+    """LVDM's ``t2v.ckpt`` (optionally ``"t2v.ckpt::<CLIP>"``) or a directory written by save_pretrained."""
+    from transformers import CLIPTextModel, CLIPTokenizer
 
-        ckpt = Path(spec.checkpoint).expanduser()
-        if ckpt.is_file():
-            unet, vae, text = load_lightning_ckpt(ckpt, tiny=spec.tiny)
-        elif ckpt.is_dir():
-            require_subfolders(NAME, str(ckpt), ["unet", "vae", "text_encoder"], LAYOUT)
-            unet = load_component(NAME, LVDMUNet3D, str(ckpt), "unet")
-            vae = load_component(NAME, AutoencoderKL, str(ckpt), "vae")
-            text = load_component(NAME, CLIPTextModel, str(ckpt), "text_encoder")
-            if (ckpt / "tokenizer").is_dir():
-                tokenizer = load_component(NAME, CLIPTokenizer, str(ckpt), "tokenizer")
-                tokenize = hf_tokenizer(tokenizer, TEXT_LENGTH)
-        else:
-            raise MissingWeightsError(f"{NAME}: checkpoint {ckpt} does not exist; expected {LAYOUT} ({WEIGHTS})")
-    return LVDMT2V(
-        name=NAME,
-        denoiser=place(unet, spec.device, dtype),
-        vae=place(vae, spec.device, dtype),
-        text_encoder=place(text, spec.device, dtype),
-        tokenize=tokenize,
-        tokenizer=tokenizer,
-        text_length=TEXT_LENGTH,
-        scheduler_config=SCHEDULER_CONFIG,
-        defaults=TINY_DEFAULTS if spec.tiny else DEFAULTS,
-        spatial_multiple=8 * 2 ** (len(unet.config.channel_mult) - 1),
-        eval_prompts=EVAL_PROMPTS,
-        device=spec.device,
-        dtype=dtype,
-        eta=ETA,
+    path, _, clip = str(spec.checkpoint).partition("::")
+    ckpt = Path(path).expanduser()
+    if ckpt.is_file():
+        return load_lightning_ckpt(ckpt, tiny=spec.tiny, clip=clip or None, dtype=spec.torch_dtype)
+    if not ckpt.is_dir():
+        raise MissingWeightsError(f"{NAME}: checkpoint {ckpt} does not exist; expected {LAYOUT} ({WEIGHTS})")
+    return load_diffusers_checkpoint(
+        NAME, str(ckpt), spec.torch_dtype, denoiser=Part("unet", LVDMUNet3D),
+        text_encoder=Part("text_encoder", CLIPTextModel), tokenizer=Part("tokenizer", CLIPTokenizer),
+        tokenize=lambda tok: hf_tokenizer(tok, TEXT_LENGTH), layout=LAYOUT,
+        fallback_tokenize=clip_bpe_tokenizer(TEXT_LENGTH, pad_id=END_TOKEN),
     )
 
 
-GENERATORS.register(
-    NAME,
-    build,
+RECIPE = Recipe(
+    name=NAME, generator=LVDMT2V, text_length=TEXT_LENGTH, scheduler_config=SCHEDULER_CONFIG,
+    defaults=DEFAULTS, tiny_defaults=TINY_DEFAULTS, eval_prompts=EVAL_PROMPTS,
+    random_networks=random_networks, load_networks=load_networks,
+    spatial_multiple=lambda denoiser: VAE_SCALE * 2 ** (len(denoiser.config.channel_mult) - 1),
+    eta=ETA, weight_seed=WEIGHT_SEED,
+)
+
+
+build = register(
+    RECIPE,
     description="LVDM text-to-video (own port of the 3D UNet, text2video.yaml) + SD VAE + CLIP-L text, "
     "DDIM eta 1, cfg 15",
 )

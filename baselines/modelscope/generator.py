@@ -18,22 +18,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from diffusers import AutoencoderKL, UNet3DConditionModel
 
-from baselines._common.loading import load_component, require_subfolders
+from baselines._common.builder import Networks, Part, Recipe, load_diffusers_checkpoint, register
 from baselines._common.text_video import (
     SD_VAE_CONFIG,
+    T2V_EVAL_PROMPTS,
     TINY_VAE_CONFIG,
+    VAE_SCALE,
     TextToVideoLatentGenerator,
     clip_bpe_tokenizer,
     hf_tokenizer,
     init_kwargs,
-    place,
-    seeded_init,
 )
 from cmdbench.interfaces import GeneratorSpec, SamplingDefaults
-from cmdbench.registry import GENERATORS
 
 NAME = "modelscope-t2v"
 HUB_ID = "ali-vilab/text-to-video-ms-1.7b"  # formerly damo-vilab/text-to-video-ms-1.7b
@@ -130,12 +128,7 @@ TINY_TEXT_CONFIG: dict[str, Any] = {
 
 DEFAULTS = SamplingDefaults(num_frames=16, height=256, width=256, steps=50, guidance_scale=9.0)
 TINY_DEFAULTS = SamplingDefaults(num_frames=4, height=32, width=32, steps=2, guidance_scale=9.0)
-EVAL_PROMPTS = (
-    "a panda playing guitar in a bamboo forest",
-    "waves crashing on a rocky beach at sunset",
-    "a person riding a bicycle on a mountain road",
-    "fireworks over a city skyline at night",
-)
+EVAL_PROMPTS = T2V_EVAL_PROMPTS
 LAYOUT = "diffusers layout of ali-vilab/text-to-video-ms-1.7b: unet/, vae/, text_encoder/, tokenizer/, scheduler/"
 
 
@@ -146,69 +139,48 @@ class ModelScopeT2V(TextToVideoLatentGenerator):
         return self.denoiser(latents, t, encoder_hidden_states=text_states).sample  # (N, 4, T, h, w)
 
     def denoiser_inputs(self, batch: int, num_frames: int, h: int, w: int) -> dict[str, Any]:
-        p = next(self.denoiser.parameters())
-        width = self.denoiser.config.cross_attention_dim
-        return {
-            "sample": torch.zeros(batch, 4, num_frames, h, w, device=p.device, dtype=p.dtype),
-            "timestep": torch.tensor(999, device=p.device),
-            "encoder_hidden_states": torch.zeros(batch, TEXT_LENGTH, width, device=p.device, dtype=p.dtype),
-        }
+        z, t, states = self.cost_tensors(batch, num_frames, h, w, self.denoiser.config.cross_attention_dim)
+        return {"sample": z, "timestep": t, "encoder_hidden_states": states}
 
 
-def build_random(tiny: bool, device: str) -> tuple[UNet3DConditionModel, AutoencoderKL, torch.nn.Module]:
-    """The published architecture (or its miniature) with random weights drawn from :data:`WEIGHT_SEED`."""
+def random_networks(tiny: bool) -> Networks:
+    """The published architecture (or its miniature); random weights (drawn under the builder's seed)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    with seeded_init(device, WEIGHT_SEED):
-        unet = UNet3DConditionModel(**init_kwargs(UNet3DConditionModel, TINY_UNET_CONFIG if tiny else UNET_CONFIG))
-        vae = AutoencoderKL(**(TINY_VAE_CONFIG if tiny else SD_VAE_CONFIG))
-        text = CLIPTextModel(CLIPTextConfig(**(TINY_TEXT_CONFIG if tiny else TEXT_CONFIG)))
-    return unet, vae, text
-
-
-def build(spec: GeneratorSpec) -> ModelScopeT2V:
-    """Random weights (``checkpoint=None``; miniature when ``tiny``) or a real checkpoint (dir or hub id)."""
-    dtype = spec.torch_dtype
-    tokenizer = None
-    scheduler_config = SCHEDULER_CONFIG
-    if spec.checkpoint is None:
-        unet, vae, text = build_random(spec.tiny, spec.device)
-        tokenize = clip_bpe_tokenizer(TEXT_LENGTH)
-    else:
-        from diffusers import DDIMScheduler
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        ckpt = spec.checkpoint
-        require_subfolders(NAME, ckpt, ["unet", "vae", "text_encoder", "scheduler"], LAYOUT)
-        unet = load_component(NAME, UNet3DConditionModel, ckpt, "unet")
-        vae = load_component(NAME, AutoencoderKL, ckpt, "vae")
-        text = load_component(NAME, CLIPTextModel, ckpt, "text_encoder")
-        scheduler_config = dict(load_component(NAME, DDIMScheduler, ckpt, "scheduler").config)
-        try:
-            tokenizer = load_component(NAME, CLIPTokenizer, ckpt, "tokenizer")
-            tokenize = hf_tokenizer(tokenizer, TEXT_LENGTH)
-        except FileNotFoundError:  # a checkpoint without tokenizer/: the CLIP BPE of clip-anytorch
-            tokenize = clip_bpe_tokenizer(TEXT_LENGTH)
-    return ModelScopeT2V(
-        name=NAME,
-        denoiser=place(unet, spec.device, dtype),
-        vae=place(vae, spec.device, dtype),
-        text_encoder=place(text, spec.device, dtype),
-        tokenize=tokenize,
-        tokenizer=tokenizer,
-        text_length=TEXT_LENGTH,
-        scheduler_config=scheduler_config,
-        defaults=TINY_DEFAULTS if spec.tiny else DEFAULTS,
-        spatial_multiple=8 * 2 ** (len(unet.config.block_out_channels) - 1),
-        eval_prompts=EVAL_PROMPTS,
-        device=spec.device,
-        dtype=dtype,
+    return Networks(
+        denoiser=UNet3DConditionModel(**init_kwargs(UNet3DConditionModel, TINY_UNET_CONFIG if tiny else UNET_CONFIG)),
+        vae=AutoencoderKL(**(TINY_VAE_CONFIG if tiny else SD_VAE_CONFIG)),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**(TINY_TEXT_CONFIG if tiny else TEXT_CONFIG))),
+        tokenize=clip_bpe_tokenizer(TEXT_LENGTH),
     )
 
 
-GENERATORS.register(
-    NAME,
-    build,
+def load_networks(spec: GeneratorSpec) -> Networks:
+    """A diffusers-layout directory or hub id (ali-vilab/text-to-video-ms-1.7b); in float16 its ``fp16``
+    variant files, as the model card loads them (``variant="fp16"``)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    return load_diffusers_checkpoint(
+        NAME, spec.checkpoint, spec.torch_dtype, denoiser=Part("unet", UNet3DConditionModel),
+        text_encoder=Part("text_encoder", CLIPTextModel), tokenizer=Part("tokenizer", CLIPTokenizer),
+        tokenize=lambda tok: hf_tokenizer(tok, TEXT_LENGTH), layout=LAYOUT,
+        fallback_tokenize=clip_bpe_tokenizer(TEXT_LENGTH), required=["scheduler"],
+    )
+
+
+RECIPE = Recipe(
+    name=NAME, generator=ModelScopeT2V, text_length=TEXT_LENGTH, scheduler_config=SCHEDULER_CONFIG,
+    defaults=DEFAULTS, tiny_defaults=TINY_DEFAULTS, eval_prompts=EVAL_PROMPTS,
+    random_networks=random_networks, load_networks=load_networks,
+    # the UNet resizes odd-sized skip connections (forward_upsample_size), so any multiple of the VAE's 8
+    # works, as in TextToVideoSDPipeline.check_inputs
+    spatial_multiple=lambda denoiser: VAE_SCALE,
+    weight_seed=WEIGHT_SEED,
+)
+
+
+build = register(
+    RECIPE,
     description="ModelScope text-to-video 1.7B (diffusers UNet3DConditionModel + SD VAE + CLIP-H text, "
     "DDIM, cfg 9.0)",
 )

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from baselines._common.loading import MissingWeightsError, load_component, require_subfolders
-from baselines._common.text_video import place, seeded_init
+from baselines._common.loading import MissingWeightsError, load_component, place, require_subfolders
+from baselines._common.text_video import seeded_init
 from baselines.pvdm.autoencoder import TriplaneAutoencoder
 from baselines.pvdm.plane_unet import PlaneUNet
 from baselines.pvdm.sampler import NUM_TRAIN_TIMESTEPS, alphas_cumprod, ddim_step, ddim_timesteps

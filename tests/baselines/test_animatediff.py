@@ -51,6 +51,14 @@ def test_meta_forward_shape_and_macs_at_512x1024x16(full_meta, checks):
     assert scores / 1e12 == pytest.approx(4.00, rel=0.01)
 
 
+def test_sizes_in_multiples_of_8_as_diffusers(tiny, full_meta, checks):
+    """``AnimateDiffPipeline`` takes any multiple of 8: 24x40 samples, the full UNet takes a 9x13 latent."""
+    assert checks.sample_at_defaults(tiny, [0], height=24, width=40).shape[-2:] == (24, 40)
+    assert full_meta.denoiser(**full_meta.denoiser_inputs(1, 2, 9, 13)).sample.shape == (1, 4, 2, 9, 13)
+    with pytest.raises(UnsupportedSettingError, match="width=36 is not a multiple of 8"):
+        checks.sample_at_defaults(tiny, [0], width=36)
+
+
 def test_frames_beyond_the_position_table_are_refused(tiny, checks):
     with pytest.raises(UnsupportedSettingError, match="1..32"):
         checks.sample_at_defaults(tiny, [0], num_frames=33)

@@ -58,9 +58,13 @@ def test_meta_forward_shape_and_paper_macs_at_512x1024x16(full_meta, checks):
     assert fc.paper_macs * 50 / 1e12 == pytest.approx(939.0, rel=1e-3)
 
 
-def test_unsupported_size_names_the_allowed_multiple(tiny, checks):
-    with pytest.raises(UnsupportedSettingError, match="multiple of 16"):
-        checks.sample_at_defaults(tiny, [0], height=24)
+def test_sizes_in_multiples_of_8_as_diffusers(tiny, full_meta, checks):
+    """``TextToVideoSDPipeline`` takes any multiple of 8 (the UNet resizes odd skip connections): 24x40
+    (latent 3x5) samples; the full UNet takes a 9x13 latent (72x104 pixels, not multiples of 64)."""
+    assert checks.sample_at_defaults(tiny, [0], height=24, width=40).shape[-2:] == (24, 40)
+    assert full_meta.denoiser(**full_meta.denoiser_inputs(1, 2, 9, 13)).sample.shape == (1, 4, 2, 9, 13)
+    with pytest.raises(UnsupportedSettingError, match="height=20 is not a multiple of 8"):
+        checks.sample_at_defaults(tiny, [0], height=20)
 
 
 @pytest.mark.slow
