@@ -23,7 +23,72 @@ class ConditioningError(ValueError):
 
 
 class UnsupportedSettingError(ValueError):
-    """A generator cannot take the requested frames, size, steps or guidance."""
+    """A generator cannot take the requested frames, size, steps or guidance.
+
+    ``sample()`` raises it **before any work** for a setting the generator cannot run: a non-positive or
+    non-integer ``num_frames``/``height``/``width``/``steps``, a size that is not a multiple of what the
+    networks downsample by, a frame count other than the ones a position table holds, more steps than
+    the training schedule, ``guidance_scale`` on an unconditional generator, ... The message names the
+    argument (e.g. ``"height=30 is not a multiple of 8"``) and what is allowed. The harness uses it to
+    tell "cannot run here" from a crash (the contract test expects it for ``num_frames=0``, ``height=0``,
+    ``width=0``, ``steps=0`` and, for unconditional generators, ``guidance_scale=7.5``), and the contract
+    test's own setting probe falls back to the defaults when a shortened run raises it.
+    """
+
+
+class DeviceUnavailableError(ValueError):
+    """A device string that is malformed or names a device this machine does not have."""
+
+
+_ALWAYS_AVAILABLE = ("cpu", "meta")
+
+
+def check_device(device: str | torch.device, *, what: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` when this machine has it, else one clear :class:`DeviceUnavailableError`.
+
+    Malformed strings, accelerators torch was built without or cannot see (``cuda`` on a CPU-only
+    build or machine, ``mps`` off Apple silicon) and out-of-range indices (``cuda:3`` with two GPUs)
+    are refused with what is available. ``what`` names the setting in the message (``"--device"``
+    from the command line, ``"GeneratorSpec.device"``, ...). Commands call this before building anything.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise DeviceUnavailableError(
+            f"{what}={device!r} is not a device; allowed e.g. cpu, cuda, cuda:1, mps, meta ({err})"
+        ) from None
+    if dev.type in _ALWAYS_AVAILABLE:
+        return dev
+    available = available_devices()
+    backend = getattr(torch, dev.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if dev.type == "mps":
+        is_available = torch.backends.mps.is_available
+    if not callable(is_available) or not is_available():
+        why = ""
+        if dev.type == "cuda":
+            why = (" (this torch build has no CUDA support)" if torch.version.cuda is None
+                   else " (torch was built with CUDA, but no GPU is visible: check CUDA_VISIBLE_DEVICES and the driver)")
+        raise DeviceUnavailableError(
+            f"{what}={device!r}: {dev.type} is not available on this machine{why}; available: {', '.join(available)}"
+        )
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and callable(count) and dev.index >= count():
+        raise DeviceUnavailableError(
+            f"{what}={device!r}: this machine has {count()} {dev.type} device(s) (indices 0..{count() - 1}); "
+            f"available: {', '.join(available)}"
+        )
+    return dev
+
+
+def available_devices() -> list[str]:
+    """Device strings usable here: ``cpu``, ``cuda:0`` .. ``cuda:N-1`` when CUDA is visible, ``mps``, ``meta``."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        out.append("mps")
+    return out + ["meta"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +110,7 @@ class GeneratorSpec:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"GeneratorSpec.dtype={self.dtype!r} is not allowed; use one of {DTYPES}")
+        check_device(self.device, what="device")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -71,6 +137,19 @@ class VideoGenerator(Protocol):
         conditioning: ``"class"`` (takes ``labels``), ``"text"`` (takes ``prompts``) or ``"none"``.
         num_classes: number of class labels for class-conditional generators, else ``None``.
         defaults: the generator's natural :class:`SamplingDefaults`.
+
+    Optional attributes the harness uses when present:
+        eval_prompts: ``Sequence[str]``, text generators only: the prompts ``cmdbench bench`` /
+            ``evaluate --generator`` cycle through (sample ``i`` gets ``eval_prompts[i % len]``) when the
+            user passes none, and the contract test's prompts. Without it a text generator needs
+            ``--prompts``. Keep it fixed (a tuple): its order is part of what a result row records.
+        stage_hook: ``StageHook | None`` (start ``None``), set by the harness; wrap each stage of
+            ``sample`` in :func:`stage` so it is timed apart.
+        cost_stages(num_frames=, height=, width=, steps=) -> list[CostStage]: the networks, for FLOP
+            counting (:class:`SupportsCost`).
+
+    ``sample`` raises :class:`ConditioningError` for missing or superfluous prompts/labels
+    (:func:`check_conditioning` does it) and :class:`UnsupportedSettingError` for settings it cannot run.
     """
 
     name: str
@@ -133,6 +212,35 @@ class VideoMetric(Protocol):
     def update(self, videos: torch.Tensor, prompts: Sequence[str] | None = None) -> None: ...
 
     def compute(self) -> MetricValue: ...
+
+
+@runtime_checkable
+class PairedVideoMetric(Protocol):
+    """A metric of video pairs (a reconstruction or prediction and its original): PSNR, SSIM, LPIPS.
+
+    ``paired`` is ``True``; ``update`` takes the originals as ``references`` (uint8, the same shape as
+    ``videos``; video ``i`` is compared with reference ``i``, frame by frame). A harness that has no
+    originals (sampling from a generator) cannot compute it and must say so; one that scores two folders
+    pairs their files (e.g. by relative path) and names every unpaired file.
+    """
+
+    name: str
+    protocol: str
+    unit: str
+    higher_is_better: bool | None
+    paired: bool
+
+    def reset(self) -> None: ...
+
+    def update(self, videos: torch.Tensor, prompts: Sequence[str] | None = None, *,
+               references: torch.Tensor | None = None) -> None: ...
+
+    def compute(self) -> MetricValue: ...
+
+
+def is_paired(metric: object) -> bool:
+    """Whether ``metric`` compares videos with references (:class:`PairedVideoMetric`)."""
+    return bool(getattr(metric, "paired", False))
 
 
 def check_conditioning(
