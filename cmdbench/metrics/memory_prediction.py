@@ -514,10 +514,10 @@ def trace_stage(stage: CostStage, batch: int, tracker: LiveMemory, *, sdpa: str 
         stack.enter_context(attention)
         if autocast is not None:
             stack.enter_context(CudaAutocast(autocast))
-        for obs in observers:
-            stack.enter_context(obs)
         inputs = stage.make_inputs(batch)
         in_bytes = tracker.current - base
+        for obs in observers:  # they see the call only, not the making of its inputs
+            stack.enter_context(obs)
         out = _call(stage, inputs)
         del out, inputs
     gc.collect(GC_GENERATION)
