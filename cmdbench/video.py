@@ -251,8 +251,12 @@ def storage_of(path: str | Path) -> str:
     return f"{container} {info['codec']} {info['pix_fmt']} (crf unknown)"
 
 
-def _crop_to_stored_size(path: Path, frames: np.ndarray) -> np.ndarray:
-    """Crop ``(T, H, W, 3)`` frames decoded from a :func:`write_mp4` file back to the size it recorded."""
+def crop_to_stored_size(path: str | Path, frames: np.ndarray) -> np.ndarray:
+    """Crop ``(T, H, W, 3)`` frames decoded from a :func:`write_mp4` file back to the size it recorded.
+
+    Any reader of such files (decord, PyAV) calls this after decoding; other files come back unchanged.
+    """
+    path = Path(path)
     if path.suffix.lower() not in (".mp4", ".m4v", ".mov"):
         return frames
     tag = video_file_info(path).get("tag")
@@ -306,7 +310,7 @@ def read_video(path: str | Path, indices: Sequence[int] | None = None) -> torch.
         frames = None
     if frames is None or frames.ndim != 4 or frames.shape[-1] != 3:  # (it also returns 6 channels for 16x16)
         frames = _read_frames_pyav(path, idx)
-    frames = _crop_to_stored_size(path, frames)
+    frames = crop_to_stored_size(path, frames)
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
 
 

@@ -320,6 +320,7 @@ class FVD:
             "n_real": real.n, "n_fake": fake.n, "conformant": conformant, "protocol_hash": protocol_hash(p),
             "extractor": self.extractor.name, "extractor_checksum": self.extractor.checksum,
             "weight_file": WEIGHT_FILES.get(self.extractor.name, self.extractor.name),
+            "weights_path": getattr(self.extractor, "weights_path", None),
             "weights_verified": _weights_verified(self.extractor.name, self.extractor.checksum),
             "estimator": estimator_name(p.ddof), "ddof": p.ddof, "sqrtm": p.sqrtm, "num_frames": p.num_frames,
             "frame_stride": p.frame_stride, "resize": p.resize, "resize_kernel": p.resize_kernel,

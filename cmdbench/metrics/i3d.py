@@ -238,7 +238,9 @@ class FeatureExtractor(Protocol):
 
     name: registry-style name; dim: feature dimension; min_frames: fewest frames accepted;
     checksum: identity of the weights (sha256 of the file, or of a random state dict);
-    preprocessing: how frames are prepared (recorded with every statistic).
+    preprocessing: how frames are prepared (recorded with every statistic). Optional, read with
+    ``getattr``: ``device`` and ``dtype`` (the numerics statistics are keyed on; CPU / float32 when absent)
+    and ``weights_path`` (the file the weights came from, recorded with FVD values).
     """
 
     name: str
@@ -263,6 +265,7 @@ class I3DExtractor:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         batch_size: int = 8,
+        weights_path: str | Path | None = None,
     ) -> None:
         if preprocessing.resize == "detector":
             raise ValueError("resize='detector' needs the TorchScript detector; InceptionI3d takes prepared input")
@@ -270,6 +273,7 @@ class I3DExtractor:
         self.preprocessing, self.name, self.checksum = preprocessing, name, checksum
         self.device, self.dtype, self.batch_size = torch.device(device), dtype, batch_size
         self.dim, self.min_frames = model.num_classes, MIN_FRAMES
+        self.weights_path = str(weights_path) if weights_path is not None else None
 
     @torch.no_grad()
     def extract(self, videos: torch.Tensor) -> np.ndarray:
@@ -300,6 +304,7 @@ class TorchScriptI3DExtractor:
         device: str | torch.device = "cpu",
         batch_size: int = 8,
         dim: int = NUM_CLASSES,
+        weights_path: str | Path | None = None,
     ) -> None:
         if preprocessing.resize != "detector" and (preprocessing.size, preprocessing.value_range) != (
             224,
@@ -308,6 +313,8 @@ class TorchScriptI3DExtractor:
             raise ValueError("the TorchScript detector takes 224x224 in [-1, 1] when it does not resize itself")
         self.detector, self.preprocessing, self.name, self.checksum = detector, preprocessing, name, checksum
         self.device, self.batch_size, self.dim, self.min_frames = torch.device(device), batch_size, dim, MIN_FRAMES
+        self.dtype = torch.float32  # the TorchScript module computes in float32
+        self.weights_path = str(weights_path) if weights_path is not None else None
 
     @torch.no_grad()
     def extract(self, videos: torch.Tensor) -> np.ndarray:
@@ -393,11 +400,12 @@ def make_extractor(
         p = _weights_path(name, path)
         model = load_i3d_pretrained_400(p)
         return I3DExtractor(model, preprocessing, name=name, checksum=file_sha256(p), device=device,
-                            dtype=dtype, batch_size=batch_size)
+                            dtype=dtype, batch_size=batch_size, weights_path=p)
     if name == "i3d_torchscript":
         p = _weights_path(name, path)
         return TorchScriptI3DExtractor(load_torchscript_detector(p, device), preprocessing, name=name,
-                                       checksum=file_sha256(p), device=device, batch_size=batch_size)
+                                       checksum=file_sha256(p), device=device, batch_size=batch_size,
+                                       weights_path=p)
     if name in ("i3d-random", "i3d-random-tiny"):
         with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
             torch.manual_seed(seed)

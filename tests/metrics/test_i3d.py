@@ -13,6 +13,7 @@ from cmdbench.metrics.i3d import (
     InceptionI3d,
     TorchScriptI3DExtractor,
     feature_grid,
+    file_sha256,
     load_i3d_pretrained_400,
     load_torchscript_detector,
     make_extractor,
@@ -169,6 +170,11 @@ def test_torchscript_round_trip(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"nope")
     with pytest.raises(ValueError, match="TorchScript"):
         load_torchscript_detector(tmp_path / "bad.pt")
+
+    # built by name from a file: the file, its sha256 and the numerics travel with the extractor (FVD records them)
+    named = make_extractor("i3d_torchscript", Preprocessing(resize="detector"), path=tmp_path / "det.pt")
+    assert named.weights_path == str(tmp_path / "det.pt") and named.checksum == file_sha256(tmp_path / "det.pt")
+    assert (named.device.type, named.dtype) == ("cpu", torch.float32)
 
 
 def test_unknown_extractor_and_detector_policy():
