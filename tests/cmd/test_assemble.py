@@ -158,9 +158,9 @@ def test_loading_errors_name_the_fix(runs, tmp_path):
 def test_cli_trains_three_stages_on_ucf101_files_assembles_samples_and_evaluates(tmp_path, capsys):
     """A miniature UCF-101 of AVI files -> autoencoder -> content -> motion (cmd-ucf101-64 miniature) ->
     assemble -> sample and evaluate from the assembled folder, all through the CLI."""
-    from cmdbench.bench.results import load_records
     from cmdbench.cli import main
     from cmdbench.data.synthetic import write_fake_ucf101
+    from cmdbench.metrics.fvd import FVD, get_protocol
 
     root = write_fake_ucf101(tmp_path / "ucf", classes=(0, 1, 2), train_per_class=2, test_per_class=1)
     base = {"preset": "cmd-ucf101-64", "tiny": True, "dataset": "ucf101", "data_dir": str(root), "batch_size": 2,
@@ -188,13 +188,18 @@ def test_cli_trains_three_stages_on_ucf101_files_assembles_samples_and_evaluates
     assert main(["sample", "cmd-ucf101-64", "--checkpoint", str(out), "--seeds", "0-1", "--steps", "2",
                  "--out", str(samples)]) == 0
     assert sorted(p.name for p in samples.glob("*.mp4")) == ["seed-000000.mp4", "seed-000001.mp4"]
-    records = tmp_path / "records"
+    # evaluate --generator loads and samples the same folder; the 16-frame FVD protocols then refuse the
+    # miniature's 8-frame clips by name (a full-size folder has the 16 frames they need).
+    metric = FVD(get_protocol("tats"), extractor="i3d-random-tiny")
+    stats = metric.new_stats("real")  # reference metadata for (tats, the tiny extractor); features made up
+    stats.update(torch.randn(3, 400, generator=torch.Generator().manual_seed(0)).double() * 0.1)
+    stats.save(tmp_path / "ref.npz")
+    capsys.readouterr()
     assert main(["evaluate", "--generator", "cmd-ucf101-64", "--checkpoint", str(out), "--seeds", "0-1",
                  "--steps", "2", "--metric", "fvd2048_16f", "--extractor", "i3d-random-tiny", "--protocol", "tats",
-                 "--real", str(samples), "--cache-dir", str(tmp_path / "cache"), "--records", str(records),
-                 "--non-strict", "--allow-singular"]) == 0
-    row = load_records(records).iloc[0]
-    assert row["generator"] == "cmd-ucf101-64" and row["checkpoint"] == str(out) and row["num_frames"] == 8
+                 "--ref-stats", str(tmp_path / "ref.npz"), "--records", str(tmp_path / "records"),
+                 "--non-strict", "--allow-singular"]) == 2
+    assert "videos have 8 frames; 16 frames" in capsys.readouterr().err
     # Loading the stage folder itself points at the assembly command.
     assert main(["sample", "cmd-ucf101-64", "--checkpoint", str(dirs["motion"]), "--seeds", "0",
                  "--out", str(tmp_path / "s2")]) == 2
