@@ -1,7 +1,7 @@
 """Quality tables of CMD (arXiv 2403.14148v1): reproductions ``ucf101``, ``msrvtt``, ``webvid``, ``ablations``.
 
 =========== ========================================================================================
-ucf101      Table 1. Class-conditional FVD, StyleGAN-V protocol: 2,048 real / 2,048 generated clips
+ucf101      Table 1. Class-conditional FVD, StyleGAN-V clip protocol: 2,048 real / 2,048 generated clips
             (``cond2048``) and 10,000 generated vs one clip of every train-split video (``cond10k``,
             MAGVIT's protocol, marked * in the paper); zero-shot FVD (``zeroshot``): 100 videos per
             class from PYoCo's prompts (10,100 videos) vs the same train-split clips.
@@ -12,8 +12,12 @@ ablations   Table 4a, reconstruction row: FVD between real UCF-101 clips and the
             reconstructions (same 2,048 clips).
 =========== ========================================================================================
 
-Every value is written beside the paper's (``results/paper/cmd_arxiv_v1.csv``) with its protocol,
-the real and generated counts, and a spread: the bootstrap standard deviation over clips (FVD, from
+FVD features and distance follow CMD's released evaluation code by default (``--fvd-preset videogpt``:
+PVDM's FVD code, i3d_pretrained_400, shorter side 224 + centre crop, unbiased covariance; see
+``cmdbench.metrics.fvd``); every FVD row names its preset, weight file and estimator in the protocol
+column and notes, with the numerics and the storage path (generated videos are scored in memory). CLIPSIM
+rows count the prompts CLIP cut to 77 tokens. Every value is written beside the paper's
+(``results/paper/cmd_arxiv_v1.csv``) with its protocol, the real and generated counts, and a spread: the bootstrap standard deviation over clips (FVD, from
 kept per-clip features: no extra network pass) or over videos (CLIPSIM). Generated sample ``i`` uses
 seed ``i`` (per-sample generators), so results do not depend on the batch size or the number of
 processes. Launch with ``torchrun --nproc_per_node=8 -m cmdbench reproduce ucf101 ...`` (or
@@ -30,7 +34,8 @@ Real runs (inputs, commands, expected time)
 -------------------------------------------
 ::
 
-    cmdbench weights fetch i3d_torchscript && cmdbench weights fetch clip_vit_b32
+    cmdbench weights fetch i3d_pretrained_400 && cmdbench weights fetch clip_vit_b32
+    # (--fvd-preset stylegan-v needs i3d_torchscript instead of i3d_pretrained_400)
     export CMDBENCH_UCF101_ROOT=/data/UCF101      # UCF-101/<Class>/*.avi + ucfTrainTestlist/
     export CMDBENCH_WEBVID_ROOT=/data/webvid       # results_2M_val.csv + <page_dir>/<videoid>.mp4
     export CMDBENCH_MSRVTT_ROOT=/data/msrvtt       # test_videodatainfo.json or MSRVTT_data.json
