@@ -1,6 +1,8 @@
 """Read frames from the three kinds of video sources cmdbench accepts.
 
 * video files (mp4, avi, webm, mkv, mov, ...) through decord (:func:`cmdbench.video.read_video`);
+  :func:`read_chosen_frames` (the training path) decodes with PyAV after one seek when the container
+  states frame count and rate, and falls back to decord otherwise;
 * GIF files through Pillow (decord cannot measure a GIF's frame count);
 * frame directories: one image per frame (png/jpg/jpeg/bmp/webp), in natural order of file name.
 
@@ -137,6 +139,16 @@ def read_chosen_frames(
         except Exception as err:  # PIL raises many types for bad files
             raise UnreadableVideoError(f"cannot open GIF {path}: {err}") from None
         return _read_gif(path, _chosen(path, choose, info)), info
+    container = _open_pyav(path, num_threads)
+    if container is not None:  # fast path: the container states frame count and rate
+        with container:
+            stream = container.streams.video[0]
+            info = SourceInfo(stream.frames, float(stream.average_rate))
+            indices = _chosen(path, choose, info)
+            frames = _decode_pyav(container, stream, indices)
+        if frames is None:  # timestamps do not number the frames (variable rate, gaps, damage): decord decides
+            return read_frames(path, indices), info
+        return torch.from_numpy(frames).permute(0, 3, 1, 2), info
     import decord
 
     try:
@@ -153,6 +165,62 @@ def read_chosen_frames(
     if frames is None or frames.ndim != 4 or frames.shape[-1] != 3:
         return read_frames(path, indices), info  # PyAV fallback inside read_video
     return torch.from_numpy(frames).permute(0, 3, 1, 2), info
+
+
+def _open_pyav(path: Path, num_threads: int):  # -> av.container.InputContainer | None
+    """The file opened with PyAV when its video stream states a frame count, a frame rate and a time base
+    (AVI, MP4, MOV do; WebM/MKV usually not); None otherwise, and decord indexes the file instead."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception:  # decord's turn: its error message names the file and the reason
+        return None
+    streams = container.streams.video
+    if not streams or not streams[0].frames or not streams[0].average_rate or not streams[0].time_base:
+        container.close()
+        return None
+    streams[0].codec_context.thread_count = num_threads
+    return container
+
+
+def _decode_pyav(container, stream, indices: list[int]) -> np.ndarray | None:
+    """Frames ``indices`` as uint8 ``(T, H, W, 3)``: one seek to the key frame at or before the first,
+    then decoding in order, numbering each frame by its timestamp, ``(pts - start) * time_base * fps``.
+
+    About 1.6-2x faster than decord's ``get_batch`` on UCF-101-like AVIs and H.264 (decord builds a
+    full frame index and converts through its own filter graph). Returns None unless the decoded
+    frames are numbered consecutively from at most the first wanted one and every wanted frame
+    arrives: a variable frame rate, timestamp gaps or a damaged stream go to decord, which numbers
+    frames by their order in the file.
+    """
+    import av
+
+    per_frame = 1 / (stream.average_rate * stream.time_base)  # timestamp units per frame (a Fraction)
+    start = stream.start_time or 0
+    wanted = set(indices)
+    first, last = min(wanted), max(wanted)
+    got: dict[int, np.ndarray] = {}
+    previous = None
+    try:
+        container.seek(start + math.floor(first * per_frame), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                return None
+            exact = (frame.pts - start) / per_frame
+            i = round(exact)
+            if abs(exact - i) > 0.25 or (previous is None and i > first) or (previous is not None and i != previous + 1):
+                return None
+            previous = i
+            if i in wanted:
+                got[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+    except av.error.FFmpegError:
+        return None
+    if len(got) != len(wanted):
+        return None
+    return np.stack([got[i] for i in indices])
 
 
 def _chosen(path: Path, choose: Callable[[SourceInfo], Sequence[int]], info: SourceInfo) -> list[int]:

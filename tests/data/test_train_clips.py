@@ -171,6 +171,56 @@ def test_fps_rounding_is_documented_nearest_halves_up():
         TrainClipSpec(stride=2, fps=8.0)
 
 
+def write_vfr_mp4(path: Path, video: torch.Tensor) -> Path:
+    """H.264 mp4 with a variable frame rate: every third frame lasts two ticks (timestamps 0,1,2,4,5,7,...)."""
+    import fractions
+
+    import av
+
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = video.shape[-1], video.shape[-2], "yuv420p"
+        stream.time_base = fractions.Fraction(1, 25)
+        pts = 0
+        for i, f in enumerate(video.permute(0, 2, 3, 1).numpy()):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts, frame.time_base = pts, fractions.Fraction(1, 25)
+            pts += 1 if i % 3 else 2
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("name,windows", [("c60.mp4", [range(0, 4), range(33, 60, 9), range(50, 60)]),
+                                          ("c40.avi", [range(0, 40, 13), range(17, 25), range(39, 40)])])
+def test_pyav_fast_path_reads_the_frames_decord_reads(counters, name, windows, monkeypatch):
+    path = counters / name
+    expected = [readers.read_frames(path, w) for w in windows]  # decord's frame index (the reference)
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the fast path fell back to decord")
+
+    monkeypatch.setattr(readers, "read_frames", no_fallback)
+    for w, ref in zip(windows, expected, strict=True):
+        video, info = readers.read_chosen_frames(path, lambda _, w=w: w)
+        assert frame_numbers(video) == list(w) == frame_numbers(ref)
+        assert (video.int() - ref.int()).abs().max() <= 2
+    assert (info.num_frames, info.fps) == ((60, 24.0) if name == "c60.mp4" else (40, 25.0))
+
+
+def test_variable_frame_rate_falls_back_to_decord_numbering(tmp_path, monkeypatch):
+    path = write_vfr_mp4(tmp_path / "vfr.mp4", counter_video(30))
+    calls = []
+    original = readers.read_frames
+    monkeypatch.setattr(readers, "read_frames", lambda *a: calls.append(a) or original(*a))
+    for w in (range(0, 6), range(10, 16), range(20, 30, 3)):
+        video, _ = readers.read_chosen_frames(path, lambda _, w=w: w)
+        assert frame_numbers(video) == list(w)  # the n-th frame in the file, whatever its timestamp
+    assert len(calls) >= 2  # windows past the first timestamp gap went to decord
+
+
 def test_clips_are_cropped_and_resized(counters):
     clip = _single(counters, "c40.avi", TrainClipSpec(num_frames=2, size=(8, 8)))[ClipKey(0, 0, 0)]
     assert clip.video.dtype == torch.uint8 and clip.video.shape == (2, 3, 8, 8) and clip.video.is_contiguous()
