@@ -73,24 +73,114 @@ def test_frames_other_than_the_position_table_are_refused(tiny, checks):
 
 @pytest.mark.slow
 def test_checkpoint_round_trip(tiny, tmp_path, checks):
-    from transformers import CLIPTokenizer
-
     from baselines.latte.generator import TEXT_LENGTH
 
     tiny.save_pretrained(tmp_path / "ckpt")
     # A T5 tokenizer cannot be built offline; a CLIP BPE tokenizer of the same ids stands in for it.
-    import clip.clip
-
-    vocab_dir = tmp_path / "bpe"
-    vocab_dir.mkdir()
-    bpe = clip.clip._tokenizer
-    import json
-
-    (vocab_dir / "vocab.json").write_text(json.dumps(bpe.encoder))
-    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
-    (vocab_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    tokenizer = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), pad_token="!")
-    tokenizer.model_max_length = TEXT_LENGTH
-    tokenizer.save_pretrained(tmp_path / "ckpt" / "tokenizer")
+    checks.clip_tokenizer(tmp_path / "ckpt" / "tokenizer", pad_token="!", max_length=TEXT_LENGTH)
     loaded = build(GeneratorSpec(checkpoint=str(tmp_path / "ckpt"), tiny=True))
     assert torch.equal(checks.sample_at_defaults(tiny, [3]), checks.sample_at_defaults(loaded, [3]))
+
+
+# --- parity with diffusers.LattePipeline ------------------------------------------------------------------
+
+WORDS = ["a", "cat", "on", "the", "sofa", "red", "ball", "bouncing", "slowly", "in", "garden", "sunset", "."]
+
+
+def word_tokenizer():
+    """A T5-style tokenizer built locally: lower-case word vocabulary (upper case -> <unk>), ``</s>`` appended,
+    ``<pad>`` = 0, as T5's tokenizer pads and ends."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=120)
+
+
+@pytest.fixture(scope="module")
+def latte_checkpoint(tmp_path_factory):
+    """A tiny random Latte saved by ``LattePipeline.save_pretrained`` (the published repository layout)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, LattePipeline, LatteTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from baselines._common.text_video import TINY_VAE_CONFIG
+    from baselines.latte.generator import SCHEDULER_CONFIG, TINY_T5_CONFIG, TINY_TRANSFORMER_CONFIG
+
+    tokenizer = word_tokenizer()
+    torch.manual_seed(0)
+    pipe = LattePipeline(
+        tokenizer=tokenizer,
+        text_encoder=T5EncoderModel(T5Config(**{**TINY_T5_CONFIG, "vocab_size": len(tokenizer)})).eval(),
+        vae=AutoencoderKL(**TINY_VAE_CONFIG).eval(),
+        transformer=LatteTransformer3DModel(**TINY_TRANSFORMER_CONFIG).eval(),
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+    )
+    path = tmp_path_factory.mktemp("latte") / "ckpt"
+    pipe.save_pretrained(path)
+    return path, pipe
+
+
+def record_inputs(module):
+    """Every ``hidden_states`` the module is called with (a list filled by a forward pre-hook)."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((kwargs.get("hidden_states", args[0] if args else None)).clone()),
+        with_kwargs=True)
+    return seen, handle
+
+
+def test_guided_sampling_matches_latte_pipeline_step_by_step(latte_checkpoint, monkeypatch):
+    """Our sampler on the saved checkpoint == ``LattePipeline`` (same scheduler, same initial noise), per
+    denoising step and in the final latents, for each prompt of a batch run alone through the pipeline:
+    prompts lower-cased, the prompt's own tokens, and the empty prompt cropped to the prompt's length."""
+    from cmdbench.seeding import make_generators, randn_per_sample
+
+    path, pipe = latte_checkpoint
+    gen = build(GeneratorSpec(checkpoint=str(path), tiny=True))
+    prompts = ["A Red ball bouncing slowly in the garden .", "the cat on the sofa"]  # 10 and 6 tokens (with </s>)
+    seeds, steps, guidance = [5, 6], 3, 4.5
+    d = gen.defaults
+    shape = (4, d.num_frames, d.height // 8, d.width // 8)
+
+    ours, handle = record_inputs(gen.denoiser)
+    decoded: list[torch.Tensor] = []
+    decode = gen.vae.decode
+    monkeypatch.setattr(gen.vae, "decode", lambda z: decoded.append(z.clone()) or decode(z))
+    gen.sample(prompts=prompts, num_frames=d.num_frames, height=d.height, width=d.width, steps=steps,
+               guidance_scale=guidance, generator=make_generators(seeds))
+    handle.remove()
+    scale = gen.vae.config.scaling_factor
+
+    for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+        theirs, handle = record_inputs(pipe.transformer)
+        latents = pipe(prompt=prompt, negative_prompt="", num_inference_steps=steps, guidance_scale=guidance,
+                       video_length=d.num_frames, height=d.height, width=d.width, clean_caption=False,
+                       latents=randn_per_sample(make_generators([seed]), shape), output_type="latent").frames
+        handle.remove()
+        assert len(theirs) == len(ours) == steps
+        for step, (a, b) in enumerate(zip(ours, theirs, strict=True)):  # (2B, ...) [null, cond] halves
+            torch.testing.assert_close(a[i], b[0], rtol=1e-5, atol=1e-5, msg=f"prompt {i}, step {step}")
+        final = decoded[i].permute(1, 0, 2, 3)[None] * scale  # (1, 4, T, h, w), as the pipeline returns it
+        torch.testing.assert_close(final, latents, rtol=1e-5, atol=1e-5)
+
+
+def test_t5_loads_in_float16_keeping_its_float32_modules(latte_checkpoint):
+    """``from_pretrained`` in float16 keeps T5's ``_keep_in_fp32_modules`` (``wo``) in float32 with the saved
+    values bit for bit (a float32 load cast whole to float16 would round them); random weights split alike."""
+    path, pipe = latte_checkpoint
+    loaded = build(GeneratorSpec(checkpoint=str(path), tiny=True, dtype="float16")).text_encoder
+    saved = dict(pipe.text_encoder.named_parameters())
+    wo = [n for n in saved if n.endswith(".wo.weight")]
+    assert wo
+    for name, param in loaded.named_parameters():
+        if name in wo:
+            assert param.dtype == torch.float32 and torch.equal(param, saved[name])
+        else:
+            assert param.dtype == torch.float16, name
+    random_t5 = build(GeneratorSpec(tiny=True, dtype="float16")).text_encoder
+    assert {n: p.dtype for n, p in random_t5.named_parameters() if n.endswith(".wo.weight")} == dict.fromkeys(
+        wo, torch.float32)

@@ -212,14 +212,21 @@ def ldm_vae_state(state: dict[str, torch.Tensor], num_blocks: int) -> dict[str, 
     return out
 
 
+def t2v_state(gen, with_clip: bool = True) -> dict[str, torch.Tensor]:
+    """``gen``'s networks in LVDM's t2v.ckpt layout (``model.diffusion_model.*``, ``first_stage_model.*`` in
+    LDM naming, and, ``with_clip``, ``cond_stage_model.transformer.*``)."""
+    state = {f"model.diffusion_model.{k}": v for k, v in gen.denoiser.state_dict().items()}
+    num_blocks = len(gen.vae.config.block_out_channels)
+    state |= {f"first_stage_model.{k}": v for k, v in ldm_vae_state(gen.vae.state_dict(), num_blocks).items()}
+    if with_clip:
+        state |= {f"cond_stage_model.transformer.{k}": v for k, v in gen.text_encoder.state_dict().items()}
+    return state
+
+
 @pytest.mark.slow
 def test_lvdm_lightning_checkpoint_loads(tiny, tmp_path, checks):
-    """A file in LVDM's t2v.ckpt layout (``state_dict`` with ``model.diffusion_model.*``,
-    ``first_stage_model.*`` in LDM naming, ``cond_stage_model.transformer.*``) loads into the same networks."""
-    state = {f"model.diffusion_model.{k}": v for k, v in tiny.denoiser.state_dict().items()}
-    num_blocks = len(tiny.vae.config.block_out_channels)
-    state |= {f"first_stage_model.{k}": v for k, v in ldm_vae_state(tiny.vae.state_dict(), num_blocks).items()}
-    state |= {f"cond_stage_model.transformer.{k}": v for k, v in tiny.text_encoder.state_dict().items()}
+    """A file in LVDM's t2v.ckpt layout loads into the same networks; a missing key is named."""
+    state = t2v_state(tiny)
     torch.save({"state_dict": state, "global_step": 0}, tmp_path / "t2v.ckpt")
     loaded = build(GeneratorSpec(checkpoint=str(tmp_path / "t2v.ckpt"), tiny=True))
     assert torch.equal(checks.sample_at_defaults(tiny, [3]), checks.sample_at_defaults(loaded, [3]))
@@ -227,3 +234,30 @@ def test_lvdm_lightning_checkpoint_loads(tiny, tmp_path, checks):
     torch.save({"state_dict": state}, tmp_path / "broken.ckpt")
     with pytest.raises(RuntimeError, match="out.2.bias"):
         build(GeneratorSpec(checkpoint=str(tmp_path / "broken.ckpt"), tiny=True))
+
+
+def test_t2v_ckpt_without_clip_weights_takes_a_separate_clip(tiny, tmp_path, checks, monkeypatch):
+    """A t2v.ckpt without ``cond_stage_model.transformer.*``: ``"<t2v.ckpt>::<CLIP folder>"`` supplies the
+    text model and tokenizer (the same videos as the full file); without it the default
+    (openai/clip-vit-large-patch14, FrozenCLIPEmbedder's) is tried, and when that cannot be loaded the error
+    says what to pass; a CLIP given beside a file that has its own is refused."""
+    import baselines.lvdm.generator as module
+
+    torch.save({"state_dict": t2v_state(tiny, with_clip=False)}, tmp_path / "t2v.ckpt")
+    clip_dir = tmp_path / "clip-vit-large-patch14"
+    tiny.text_encoder.save_pretrained(clip_dir)
+    checks.clip_tokenizer(clip_dir, pad_token="<|endoftext|>")  # as FrozenCLIPEmbedder's tokenizer pads
+    loaded = build(GeneratorSpec(checkpoint=f"{tmp_path / 't2v.ckpt'}::{clip_dir}", tiny=True))
+    assert loaded.tokenizer is not None
+    assert torch.equal(checks.sample_at_defaults(tiny, [3]), checks.sample_at_defaults(loaded, [3]))
+
+    assert module.DEFAULT_CLIP == "openai/clip-vit-large-patch14"
+    monkeypatch.setattr(module, "DEFAULT_CLIP", str(clip_dir))
+    assert build(GeneratorSpec(checkpoint=str(tmp_path / "t2v.ckpt"), tiny=True)).tokenizer is not None
+    monkeypatch.setattr(module, "DEFAULT_CLIP", str(tmp_path / "no-clip-here"))
+    with pytest.raises(MissingWeightsError, match=r"no CLIP text weights .* pass '<t2v.ckpt>::<folder or hub id"):
+        build(GeneratorSpec(checkpoint=str(tmp_path / "t2v.ckpt"), tiny=True))
+
+    torch.save({"state_dict": t2v_state(tiny)}, tmp_path / "full.ckpt")
+    with pytest.raises(ValueError, match="holds its own CLIP text weights"):
+        build(GeneratorSpec(checkpoint=f"{tmp_path / 'full.ckpt'}::{clip_dir}", tiny=True))

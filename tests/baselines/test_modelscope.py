@@ -83,3 +83,25 @@ def test_missing_component_is_named(tiny, tmp_path):
         build(GeneratorSpec(checkpoint=str(tmp_path / "ckpt")))
     with pytest.raises(MissingWeightsError, match="HF_HUB_OFFLINE|cannot load"):
         build(GeneratorSpec(checkpoint="no-such-org/no-such-model"))
+
+
+def test_float16_loads_the_fp16_variant_files(tiny, tmp_path):
+    """``variant="fp16"`` as the model card loads ModelScope: in float16 the ``*.fp16.safetensors`` files are
+    read (here holding other weights than the default files, to tell them apart); components without them
+    fall back to their default weights with a warning; float32 reads the default files."""
+    from diffusers import UNet3DConditionModel
+
+    tiny.save_pretrained(tmp_path / "ckpt")
+    torch.manual_seed(7)
+    fp16_unet = UNet3DConditionModel.from_config(tiny.denoiser.config).half()
+    fp16_unet.save_pretrained(tmp_path / "ckpt" / "unet", variant="fp16")
+    assert list((tmp_path / "ckpt" / "unet").glob("*.fp16.safetensors"))
+    with pytest.warns(UserWarning, match="no 'fp16' variant"):
+        half = build(GeneratorSpec(checkpoint=str(tmp_path / "ckpt"), tiny=True, dtype="float16"))
+    for (name, a), b in zip(half.denoiser.state_dict().items(), fp16_unet.state_dict().values(), strict=True):
+        assert a.dtype == torch.float16 and torch.equal(a, b), name
+    full = build(GeneratorSpec(checkpoint=str(tmp_path / "ckpt"), tiny=True))
+    for (name, a), b in zip(full.denoiser.state_dict().items(), tiny.denoiser.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert half.vae.dtype == torch.float16 and torch.equal(half.vae.decoder.conv_out.weight,
+                                                          tiny.vae.decoder.conv_out.weight.half())
