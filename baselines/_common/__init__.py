@@ -1,2 +1,3 @@
-"""Shared machinery of the latent video baselines (not a generator): text tokenisation, checkpoint
-loading with clear errors, and the classifier-free-guided DDIM sampling loop over per-frame SD VAEs."""
+"""Shared machinery of the baselines (not a generator): the builder shape a baseline is configured with
+(``builder``), checkpoint loading with clear errors (``loading``), the checked ``sample`` entry
+(``sampling``), and the classifier-free-guided DDIM loop over per-frame SD VAEs (``text_video``)."""

@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 
+from baselines._common.sampling import CheckedSampler
 from cmdbench.interfaces import (
     CostStage,
     SamplingDefaults,
     StageHook,
     UnsupportedSettingError,
-    check_conditioning,
     stage,
 )
 from cmdbench.seeding import randn_per_sample
@@ -152,7 +152,7 @@ def hf_tokenizer(tokenizer: Any, length: int, *, with_mask: bool = False) -> Tok
     return tokenize
 
 
-class TextToVideoLatentGenerator:
+class TextToVideoLatentGenerator(CheckedSampler):
     """Base of the text-to-video latent baselines (see module docstring). Not registered itself.
 
     Args:
@@ -272,24 +272,10 @@ class TextToVideoLatentGenerator:
 
     # --- sampling --------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def sample(
-        self,
-        *,
-        prompts: Sequence[str] | None = None,
-        labels: Sequence[int] | None = None,
-        num_frames: int,
-        height: int,
-        width: int,
-        steps: int,
-        generator: Sequence[torch.Generator],
-        guidance_scale: float | None = None,
-    ) -> torch.Tensor:
-        """Sample ``len(generator)`` videos; returns uint8 ``(B, T, 3, H, W)`` on the CPU."""
-        batch = len(generator)
-        if batch == 0:
-            raise ValueError(f"{self.name}: pass at least one torch.Generator (one per sample)")
-        check_conditioning(self.name, self.conditioning, batch, prompts=prompts, labels=labels)
+    def generate(self, *, prompts: Sequence[str] | None, labels: Sequence[int] | None, num_frames: int,
+                 height: int, width: int, steps: int, generator: Sequence[torch.Generator],
+                 guidance_scale: float | None) -> torch.Tensor:
+        """:meth:`CheckedSampler.sample` after its checks: uint8 ``(B, T, 3, H, W)`` on the CPU."""
         if guidance_scale is None:
             guidance_scale = self.defaults.guidance_scale
         self.check_settings(num_frames, height, width, steps, guidance_scale)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from baselines._common.loading import MissingWeightsError, load_component, place, require_subfolders
+from baselines._common.sampling import CheckedSampler
 from baselines._common.text_video import seeded_init
 from baselines.pvdm.autoencoder import TriplaneAutoencoder
 from baselines.pvdm.plane_unet import PlaneUNet
@@ -38,7 +39,6 @@ from cmdbench.interfaces import (
     SamplingDefaults,
     StageHook,
     UnsupportedSettingError,
-    check_conditioning,
     stage,
 )
 from cmdbench.registry import GENERATORS
@@ -67,7 +67,7 @@ DEFAULTS = SamplingDefaults(num_frames=16, height=256, width=256, steps=400, gui
 TINY_DEFAULTS = SamplingDefaults(num_frames=4, height=32, width=32, steps=2, guidance_scale=None)
 
 
-class PVDMUCF101:
+class PVDMUCF101(CheckedSampler):
     """Unconditional triplane latent video diffusion (see module docstring)."""
 
     conditioning = "none"
@@ -106,24 +106,10 @@ class PVDMUCF101:
                 f"{self.name} is unconditional: guidance_scale={guidance!r}; allowed None (no guidance)"
             )
 
-    @torch.inference_mode()
-    def sample(
-        self,
-        *,
-        prompts: Sequence[str] | None = None,
-        labels: Sequence[int] | None = None,
-        num_frames: int,
-        height: int,
-        width: int,
-        steps: int,
-        generator: Sequence[torch.Generator],
-        guidance_scale: float | None = None,
-    ) -> torch.Tensor:
-        """Sample ``len(generator)`` videos; returns uint8 ``(B, T, 3, H, W)`` on the CPU."""
-        batch = len(generator)
-        if batch == 0:
-            raise ValueError(f"{self.name}: pass at least one torch.Generator (one per sample)")
-        check_conditioning(self.name, self.conditioning, batch, prompts=prompts, labels=labels)
+    def generate(self, *, prompts: Sequence[str] | None, labels: Sequence[int] | None, num_frames: int,
+                 height: int, width: int, steps: int, generator: Sequence[torch.Generator],
+                 guidance_scale: float | None) -> torch.Tensor:
+        """:meth:`CheckedSampler.sample` after its checks: uint8 ``(B, T, 3, H, W)`` on the CPU."""
         self.check_settings(num_frames, height, width, steps, guidance_scale)
         times = ddim_timesteps(steps)  # [t_1 > ... > t_S, -1]
         alphas = alphas_cumprod().to(self.device)

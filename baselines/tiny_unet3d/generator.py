@@ -29,6 +29,8 @@ from diffusers import DDIMScheduler, UNet3DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from baselines._common.sampling import CheckedSampler
+from baselines._common.text_video import seeded_init
 from cmdbench.interfaces import (
     Conditioning,
     CostStage,
@@ -36,7 +38,6 @@ from cmdbench.interfaces import (
     SamplingDefaults,
     StageHook,
     UnsupportedSettingError,
-    check_conditioning,
     stage,
 )
 from cmdbench.registry import GENERATORS
@@ -113,7 +114,7 @@ class TokenEncoder(ModelMixin, ConfigMixin):
 # --- The generator -------------------------------------------------------------------------------------
 
 
-class TinyUNet3DGenerator:
+class TinyUNet3DGenerator(CheckedSampler):
     """Pixel-space video DDIM sampler around a tiny ``UNet3DConditionModel`` (see module docstring)."""
 
     def __init__(
@@ -178,25 +179,11 @@ class TinyUNet3DGenerator:
         if guidance is not None and guidance < 1.0:
             raise UnsupportedSettingError(f"{self.name}: guidance_scale={guidance}; allowed None or >= 1.0")
 
-    @torch.inference_mode()
-    def sample(
-        self,
-        *,
-        prompts: Sequence[str] | None = None,
-        labels: Sequence[int] | None = None,
-        num_frames: int,
-        height: int,
-        width: int,
-        steps: int,
-        generator: Sequence[torch.Generator],
-        guidance_scale: float | None = None,
-    ) -> torch.Tensor:
-        """Sample ``len(generator)`` videos; returns uint8 ``(B, T, 3, H, W)`` on the CPU."""
+    def generate(self, *, prompts: Sequence[str] | None, labels: Sequence[int] | None, num_frames: int,
+                 height: int, width: int, steps: int, generator: Sequence[torch.Generator],
+                 guidance_scale: float | None) -> torch.Tensor:
+        """:meth:`CheckedSampler.sample` after its checks: uint8 ``(B, T, 3, H, W)`` on the CPU."""
         batch = len(generator)
-        if batch == 0:
-            raise ValueError(f"{self.name}: pass at least one torch.Generator (one per sample)")
-        check_conditioning(self.name, self.conditioning, batch, prompts=prompts, labels=labels,
-                           num_classes=self.num_classes)
         self._check_settings(num_frames, height, width, steps, guidance_scale)
         use_cfg = guidance_scale is not None and guidance_scale != 1.0
 
@@ -288,9 +275,7 @@ def _load_condition_encoder(conditioning: Conditioning, path: Path) -> torch.nn.
 def build(name: str, conditioning: Conditioning, spec: GeneratorSpec) -> TinyUNet3DGenerator:
     """Random weights (seed :data:`WEIGHT_SEED`) or a local checkpoint directory; ``tiny`` changes nothing."""
     if spec.checkpoint is None:
-        device = torch.device(spec.device)
-        with torch.random.fork_rng(devices=[]), device:
-            torch.manual_seed(WEIGHT_SEED)
+        with seeded_init(spec.device, WEIGHT_SEED):
             unet = UNet3DConditionModel(**UNET_CONFIG)
             encoder = _build_condition_encoder(conditioning)
         scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
