@@ -11,7 +11,10 @@ Architecture (published configs, ``shared/reference/baselines.md`` §2.1), all f
   256x256 (the diffusers pipeline's defaults; CMD's efficiency setting is 512x1024x16).
 
 The sampling loop is :class:`baselines._common.text_video.TextToVideoLatentGenerator`, the same maths as
-the deprecated ``TextToVideoSDPipeline`` (CFG with the empty prompt as the unconditional input).
+the deprecated ``TextToVideoSDPipeline`` (CFG with the empty prompt as the unconditional input); height and
+width may be any multiple of 8, as the pipeline allows. Real checkpoints: a diffusers folder or hub id,
+loaded in the compute dtype, in float16 from its ``fp16`` variant files (``variant="fp16"``, as the model
+card loads it) where it has them.
 """
 
 from __future__ import annotations
