@@ -8,8 +8,11 @@ nox is the one that runs the work (``shared/reference/dependencies.md`` §8).
     nox -s reproduce        the main reproduction ("efficiency" when registered, else "demo"); -- NAME [ARGS]
     nox -s tables           re-render results/tables and results/figures from committed records
     nox -s check_tables     fail when committed results/tables are stale
-    nox -s regress          compare results/reference/<device> against the newest records; fail on regression
-    nox -s accept_reference promote measured rows (-- RUN_ID ... or the newest) into results/reference/<device>/
+    nox -s regress          the CI-sized regression suite (<= 3 min on 2 cores), gated against
+                            results/reference/<device-slug>/regress.csv; exit 1 on a failing verdict
+    nox -s accept_reference promote a suite run (-- RUN_ID ..., default the newest) to that reference
+    nox -s gpu_check        Table 9 at the paper setting + I3D/CLIP throughput on a CUDA device, with records
+                            (installs carried wheels from .gpu_wheels/ first; `-- --device cpu --tiny` rehearses)
     nox -s benchmark        pytest-benchmark timings in benchmarks/, saved and compared with the last saved run
 """
 
@@ -75,31 +78,39 @@ def check_tables(session: nox.Session) -> None:
                           "sys.exit(1 if problems else 0)", external=True)
 
 
-def _device_slug(session: nox.Session) -> str:
-    return _python_output(session, "from cmdbench.env import device_name; "
-                                   "from cmdbench.bench.regression import device_slug; print(device_slug(device_name()))")
-
-
 @nox.session
 def regress(session: nox.Session) -> None:
-    """Compare this device's reference rows with the newest records; exit 1 on a regression."""
-    slug = session.posargs[0] if session.posargs else _device_slug(session)
-    reference = ROOT / "results" / "reference" / slug
-    if not reference.is_dir():
-        session.skip(f"no reference rows for device {slug!r} in {reference}; record a run and "
-                     "`nox -s accept_reference` first")
-    session.run(PY, "-m", "cmdbench", "compare", str(reference), str(ROOT / "results" / "records"),
-                *session.posargs[1:], external=True)
+    """Run the regression suite (cmdbench/bench/regress_suite.py: tiny sampling of every generator, metric
+    kernels, exact counts and predicted memory) and gate it against this device's reference; extra args
+    after -- go to the suite (e.g. ``--rounds 15``, ``--allow-new``)."""
+    session.env.setdefault("HF_HUB_OFFLINE", "1")
+    session.env.setdefault("OMP_NUM_THREADS", "1")
+    session.run(PY, "-m", "cmdbench.bench.regress_suite", *session.posargs, external=True)
 
 
 @nox.session
 def accept_reference(session: nox.Session) -> None:
-    """Promote measured rows (``-- RUN_ID ...``, default the newest per config and metric) to the reference."""
-    run_ids = repr(list(session.posargs))
-    session.run(PY, "-c", "from cmdbench.bench.regression import accept_reference\n"
-                          "from cmdbench.bench.results import load_records\n"
-                          f"paths = accept_reference(load_records('results/records'), 'results/reference', {run_ids} or None)\n"
-                          "print('\\n'.join(f'wrote {p}' for p in paths))", external=True)
+    """Promote a regression-suite run (``-- RUN_ID ...``, default the newest in results/regress) into
+    ``results/reference/<device-slug>/regress.csv`` via ``cmdbench accept``."""
+    ids = [a for rid in session.posargs for a in ("--run-id", rid)]
+    session.run(PY, "-m", "cmdbench", "accept", str(ROOT / "results" / "regress"), *ids, external=True)
+
+
+@nox.session
+def gpu_check(session: nox.Session) -> None:
+    """Table 9 at the paper setting (CMD, ModelScope, LVDM; fp16; batch 1 and 4) and I3D/CLIP throughput on
+    2,048 clips, measured beside predicted memory and time (cmdbench/bench/gpu_check.py). On a machine without
+    the project's dependencies: ``pip install --no-deps -e .`` and the wheels carried in ``.gpu_wheels/``
+    (see the module docstring for fetching them) are installed first. Args after -- go to the script."""
+    session.env.setdefault("HF_HUB_OFFLINE", "1")
+    wheels = sorted((ROOT / ".gpu_wheels").glob("*.whl"))
+    if wheels:
+        session.run(PY, "-m", "pip", "install", "--no-deps", "--no-index", *map(str, wheels), external=True)
+    # Without a package index the editable install needs setuptools>=77 present (carry its wheel); when it
+    # cannot be built the check still runs from the checkout (``python -m`` puts the root on sys.path).
+    session.run(PY, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", str(ROOT), external=True,
+                success_codes=[0, 1])
+    session.run(PY, "-m", "cmdbench.bench.gpu_check", *session.posargs, external=True)
 
 
 @nox.session

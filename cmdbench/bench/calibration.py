@@ -9,10 +9,12 @@ The workload is a miniature of what the measured generators do per denoising ste
 the same things they do (BLAS speed, per-op dispatch overhead, memory bandwidth): a 3x3 convolution,
 group normalisation and SiLU on a (1, 32, 32, 32) feature map, a linear layer and scaled-dot-product
 attention over 256 tokens of width 64, and 50 small elementwise ops. Inputs and weights are fixed
-(seed 0, float32); one call takes about 10 ms on one core of a current server CPU.
+(seed 0, float32); one call (16 repetitions) takes about 15 ms of CPU on one core of a current server.
 
-Rows: one ``calibration_time`` row per run (``s/call``; ``values`` = the raw repeats, ``value`` their
-median), written beside the figures it normalises; the gate looks it up by ``run_id``.
+Rows: one ``calibration_time`` row (wall clock, ``s/call``) and one ``calibration_cpu_time`` row (the
+process's CPU time, ``CPU s/call``) per run (``values`` = the raw repeats, ``value`` their median), written
+beside the figures they normalise; the gate looks them up by ``run_id`` and divides wall-clock figures by
+the first, CPU-time figures by the second.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import torch
 import torch.nn.functional as F
 
 METRIC = "calibration_time"
+CPU_METRIC = "calibration_cpu_time"
 UNIT = "s/call"
+CPU_UNIT = "CPU s/call"
 PROTOCOL = "calibration-v1: conv3x3+groupnorm+silu (1,32,32,32), linear+sdpa (1,256,64), 50 elementwise; fp32"
 
 
-def workload(steps: int = 4) -> Callable[[], torch.Tensor]:
+def workload(steps: int = 16) -> Callable[[], torch.Tensor]:
     """The fixed workload as a callable (built once: tensors allocated, weights drawn from seed 0)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 32, 32, 32, generator=gen)                    # (B, C, H, W)
@@ -51,15 +55,16 @@ def workload(steps: int = 4) -> Callable[[], torch.Tensor]:
     return run
 
 
-def time_call(fn: Callable[[], object]) -> float:
-    """Seconds of one call, with the timer the CPU sampling figures use (``time.perf_counter``)."""
-    t0 = time.perf_counter()
+def time_call(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call, with the timers the sampling figures use:
+    ``time.perf_counter`` and ``time.process_time`` (this process's CPU time, all threads)."""
+    w0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
-def measure(repeats: int = 5, *, warmup: int = 1) -> list[float]:
-    """``repeats`` timed calls of :func:`workload` after ``warmup`` untimed ones (seconds each)."""
+def measure(repeats: int = 5, *, warmup: int = 1) -> list[tuple[float, float]]:
+    """``repeats`` timed calls of :func:`workload` after ``warmup`` untimed ones: (wall, CPU) seconds each."""
     fn = workload()
     for _ in range(warmup):
         fn()

@@ -27,7 +27,11 @@ How each kind of figure is judged (:func:`cmdbench.bench.results.metric_kind`):
   because an exact U test cannot reach significance with 3 + 3 repeats.
 * CPU timings are **normalised** by the calibration workload (:mod:`cmdbench.bench.calibration`) measured
   in the same run: each side's raw values are divided by the median of its run's ``calibration_time``
-  before the ratio is taken, so a machine that is uniformly slower today does not read as a regression.
+  (wall clock) or ``calibration_cpu_time`` (CPU-time figures, ``*cpu_time*``) before the ratio is taken,
+  so a machine that is uniformly slower today does not read as a regression. The calibration is also the
+  canary of a busy machine: when its wall-clock spread in either run exceeds
+  :data:`MAX_CALIBRATION_SPREAD`, wall-clock figures of that pair are **not gated** (other jobs stretched
+  calls unevenly; their CPU-time twins are still judged).
 * **quality** (FVD, CLIPSIM, ...): beyond the tolerance in the metric's direction. FVD's tolerance is
   relative only (5%): an absolute floor (the former "+1") hid a 14x worse FVD at small magnitudes.
   CLIPSIM's is absolute (0.002 of a cosine, whose scale is fixed).
@@ -60,6 +64,8 @@ MIN_REPEATS = 3          # raw values each side needs before a timed figure is g
 CONFIDENCE = 0.99        # of the bootstrap interval of the ratio of medians
 BOOTSTRAP_RESAMPLES = 4000
 CALIBRATION_METRIC = "calibration_time"
+CPU_CALIBRATION_METRIC = "calibration_cpu_time"
+MAX_CALIBRATION_SPREAD = 0.10   # relative std of the calibration's wall-clock repeats: above it, "busy"
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "kernel_time/*": Tolerance(rel=0.10),
     "latency*": Tolerance(rel=0.10),
     "calibration_time*": Tolerance(rel=0.10),
+    "*cpu_time*": Tolerance(rel=0.10),
     "peak_memory*": Tolerance(rel=0.05),
     "fvd*": Tolerance(rel=0.05),
     "clipsim*": Tolerance(abs=0.002),
@@ -186,12 +193,12 @@ def _latest(rows: pd.DataFrame, keys: Sequence[str] = ("config_hash", "metric"))
     return rows.sort_values("created_utc", kind="stable").drop_duplicates(list(keys), keep="last")
 
 
-def calibrations(rows: pd.DataFrame) -> dict[str, float]:
-    """run_id -> median calibration time of that run (its ``calibration_time`` row's raw values or value)."""
-    out: dict[str, float] = {}
-    for r in rows[rows["metric"] == CALIBRATION_METRIC].itertuples(index=False):
+def calibrations(rows: pd.DataFrame) -> dict[tuple[str, str], tuple[float, float]]:
+    """(run_id, calibration metric) -> (median, relative spread) of that run's calibration row."""
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for r in rows[rows["metric"].isin((CALIBRATION_METRIC, CPU_CALIBRATION_METRIC))].itertuples(index=False):
         vals = decode_values(r.values)
-        out[str(r.run_id)] = float(np.median(vals)) if vals else float(r.value)
+        out[(str(r.run_id), str(r.metric))] = (float(np.median(vals)) if vals else float(r.value), _spread(vals))
     return out
 
 
@@ -209,7 +216,7 @@ def _spread(vals: Sequence[float]) -> float:
 
 COLUMNS_OUT = ("generator", "metric", "unit", "kind", "reference", "current", "change_pct", "band_pct",
                "interval_pct", "spread_ref_pct", "spread_cur_pct", "n_ref", "n_cur", "normalised", "verdict",
-               "config_hash", "device_key")
+               "note", "config_hash", "device_key")
 
 
 def compare(reference: pd.DataFrame, current: pd.DataFrame,
@@ -265,7 +272,7 @@ def _row(r: object | None, c: object | None, kind: str, verdict: str) -> dict:
         "spread_cur_pct": 100 * _spread(decode_values(c.values)) if c is not None else math.nan,
         "n_ref": len(decode_values(r.values)) if r is not None else 0,
         "n_cur": len(decode_values(c.values)) if c is not None else 0,
-        "normalised": False, "verdict": verdict, "config_hash": any_row.config_hash,
+        "normalised": False, "verdict": verdict, "note": "", "config_hash": any_row.config_hash,
         "device_key": any_row.device_key if verdict != "incomparable" else f"{r.device_key} -> {c.device_key}",
     }
 
@@ -278,8 +285,11 @@ def _direction(r: object, c: object, kind: str) -> bool | None:
     return False if kind in ("timed", "memory") else None
 
 
-def _judge(r: object, c: object, kind: str, tolerances: Mapping[str, Tolerance], ref_cal: Mapping[str, float],
-           cur_cal: Mapping[str, float], confidence: float) -> dict:
+Calibrations = Mapping[tuple[str, str], tuple[float, float]]
+
+
+def _judge(r: object, c: object, kind: str, tolerances: Mapping[str, Tolerance], ref_cal: Calibrations,
+           cur_cal: Calibrations, confidence: float) -> dict:
     row = _row(r, c, kind, "")
     ref_v, cur_v = float(r.value), float(c.value)
     if kind == "exact":
@@ -291,18 +301,33 @@ def _judge(r: object, c: object, kind: str, tolerances: Mapping[str, Tolerance],
     higher = _direction(r, c, kind)
     if kind in ("timed", "memory"):
         ref_raw, cur_raw = np.asarray(_raw(r)), np.asarray(_raw(c))
-        calibrate = (kind == "timed" and c.metric != CALIBRATION_METRIC and str(c.device_key).startswith("cpu")
-                     and str(r.run_id) in ref_cal and str(c.run_id) in cur_cal)
+        metric = str(c.metric)
+        cpu_time = "cpu_time" in metric
+        cal_metric = CPU_CALIBRATION_METRIC if cpu_time else CALIBRATION_METRIC
+        ref_key, cur_key = (str(r.run_id), cal_metric), (str(c.run_id), cal_metric)
+        on_cpu = str(c.device_key).startswith("cpu")
+        calibrate = (kind == "timed" and metric not in (CALIBRATION_METRIC, CPU_CALIBRATION_METRIC) and on_cpu
+                     and ref_key in ref_cal and cur_key in cur_cal)
         if calibrate:
-            ref_raw, cur_raw = ref_raw / ref_cal[str(r.run_id)], cur_raw / cur_cal[str(c.run_id)]
+            ref_raw, cur_raw = ref_raw / ref_cal[ref_key][0], cur_raw / cur_cal[cur_key][0]
         med_ref = float(np.median(_raw(r)))
         band = max(tol.rel, tol.abs / abs(med_ref)) if med_ref else tol.rel
         j = judge_timed(ref_raw, cur_raw, band, lower_is_better=higher is not True, confidence=confidence)
-        row.update(change_pct=100 * (j.ratio - 1), band_pct=100 * band, normalised=calibrate, verdict=j.verdict)
+        row.update(change_pct=100 * (j.ratio - 1), band_pct=100 * band, normalised=calibrate, verdict=j.verdict,
+                   note="calibrated" if calibrate else "")
         if j.interval is not None:
             row["interval_pct"] = f"[{100 * (j.interval[0] - 1):+.1f}, {100 * (j.interval[1] - 1):+.1f}]"
-        if c.metric == CALIBRATION_METRIC:
-            row["verdict"] = "not gated"  # the machine's drift, shown; it is the yardstick, not a result
+        if j.verdict == "not gated":
+            row["note"] = f"fewer than {MIN_REPEATS} raw repeats"
+        if metric in (CALIBRATION_METRIC, CPU_CALIBRATION_METRIC):
+            row.update(verdict="not gated", note="calibration: the machine's drift (the yardstick)")
+        elif kind == "timed" and not cpu_time and on_cpu:
+            busy = [s for s in (ref_cal.get((str(r.run_id), CALIBRATION_METRIC), (0, 0))[1],
+                                cur_cal.get((str(c.run_id), CALIBRATION_METRIC), (0, 0))[1])
+                    if s > MAX_CALIBRATION_SPREAD]
+            if busy:
+                row.update(verdict="not gated", note=f"machine busy: calibration spread {100 * max(busy):.0f}% > "
+                                                     f"{100 * MAX_CALIBRATION_SPREAD:.0f}%")
         return row
     allowed = tol.allowed(ref_v)
     delta = cur_v - ref_v
@@ -361,10 +386,10 @@ def render(verdicts: pd.DataFrame) -> pd.DataFrame:
         spread = f"{pct(v.spread_ref_pct, False)} (n={v.n_ref}) / {pct(v.spread_cur_pct, False)} (n={v.n_cur})"
         rows.append({"generator": v.generator, "metric": v.metric, "unit": v.unit if pd.notna(v.unit) else "",
                      "reference": num(v.reference), "current": num(v.current),
-                     "change": pct(v.change_pct) + (" (calibrated)" if v.normalised else ""), "band": band,
-                     "interval": v.interval_pct or "-", "spread ref / cur": spread, "verdict": v.verdict})
+                     "change": pct(v.change_pct), "band": band, "interval": v.interval_pct or "-",
+                     "spread ref / cur": spread, "verdict": v.verdict, "note": v.note})
     return pd.DataFrame(rows, columns=["generator", "metric", "unit", "reference", "current", "change", "band",
-                                       "interval", "spread ref / cur", "verdict"])
+                                       "interval", "spread ref / cur", "verdict", "note"])
 
 
 # --- Runs: the previous run of the same config ------------------------------------------------------------
@@ -455,7 +480,8 @@ def accept_reference(records: pd.DataFrame, reference_root: str | Path,
         replaced = old.set_index(["config_hash", "metric"]).index.isin(run.set_index(["config_hash", "metric"]).index)
         keep = old[~replaced]
         still = set(keep["run_id"])
-        calib = old[replaced & (old["metric"] == CALIBRATION_METRIC).to_numpy() & old["run_id"].isin(still).to_numpy()]
+        is_cal = old["metric"].isin((CALIBRATION_METRIC, CPU_CALIBRATION_METRIC)).to_numpy()
+        calib = old[replaced & is_cal & old["run_id"].isin(still).to_numpy()]
         merged = validate(pd.concat([keep, calib, run], ignore_index=True))
         written.append(write_table_csv(merged.sort_values(["generator", "metric", "config_hash", "run_id"]), path))
     return written

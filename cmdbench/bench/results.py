@@ -380,6 +380,7 @@ METRIC_KINDS: tuple[tuple[str, str], ...] = (
     ("time_per_step*", "timed"),
     ("kernel_time/*", "timed"),
     ("calibration_time*", "timed"),
+    ("*cpu_time*", "timed"),          # CPU-time twins of the timed figures (regression suite)
     ("latency*", "timed"),
     ("peak_memory*", "memory"),
     ("*macs*", "exact"),

@@ -36,10 +36,11 @@ CPU_A = "cpu: Xeon A (2 threads, mkl 2024.2, AVX512)"
 CPU_B = "cpu: Epyc B (2 threads, openblas, AVX2)"
 
 
-def timed(values, *, metric="sampling_time", run_id="r", device=CPU_A, config_hash="h-a", **kw) -> dict:
+def timed(values, *, metric="sampling_time", run_id="r", device=CPU_A, config_hash="h-a", unit="s/video",
+          **kw) -> dict:
     values = [float(v) for v in values]
     return record(metric=metric, value=float(np.median(values)), values=values, n=len(values), run_id=run_id,
-                  device_name=device, torch_version="2.14.1", config_hash=config_hash, unit="s/video", **kw)
+                  device_name=device, torch_version="2.14.1", config_hash=config_hash, unit=unit, **kw)
 
 
 def calibration(values, *, run_id="r", device=CPU_A) -> dict:
@@ -109,6 +110,32 @@ def test_cpu_timings_are_normalised_by_the_runs_calibration():
     assert verdict_of(ref, slower_code) == "regressed"
     # Without calibration rows the machine's slowdown reads as a regression (what calibration prevents).
     assert verdict_of(ref[:1], slower_machine[:1]) == "regressed"
+
+
+def test_cpu_time_figures_use_the_cpu_calibration_and_a_busy_machine_stops_wall_clock_gating():
+    rng = np.random.default_rng(6)
+
+    def run(run_id, wall_cal_cv, cpu_factor, wall_factor):
+        return [timed(noisy(rng, 1.0 * wall_factor, 0.02), run_id=run_id),
+                timed(noisy(rng, 0.5 * cpu_factor, 0.02), metric="sampling_cpu_time", config_hash="h-c",
+                      run_id=run_id, unit="CPU s/video"),
+                calibration(noisy(rng, 0.01, wall_cal_cv), run_id=run_id),
+                dict(calibration(noisy(rng, 0.004, 0.02), run_id=run_id), metric="calibration_cpu_time",
+                     config_hash="h-ccal")]
+
+    quiet, busy = run("r", 0.02, 1.0, 1.0), run("s", 0.40, 1.3, 1.3)
+    df = compare(frame(*quiet), frame(*busy)).set_index("metric")
+    assert df.loc["sampling_cpu_time", "verdict"] == "regressed"          # CPU time: still judged
+    assert df.loc["sampling_time", "verdict"] == "not gated"              # wall clock: machine busy
+    assert "machine busy" in df.loc["sampling_time", "note"]
+    # The CPU-time figure is divided by the CPU calibration, not the wall one: a CPU calibration 30% slower
+    # (a slower machine) cancels a 30% slower CPU time.
+    slower = run("t", 0.02, 1.3, 1.0)
+    slower[3] = dict(calibration(noisy(rng, 0.0052, 0.02), run_id="t"), metric="calibration_cpu_time",
+                     config_hash="h-ccal")
+    df = compare(frame(*quiet), frame(*slower)).set_index("metric")
+    assert df.loc["sampling_cpu_time", "verdict"] == "unchanged"
+    assert df.loc["sampling_time", "verdict"] == "unchanged"
 
 
 def test_another_device_is_incomparable_never_regressed():
