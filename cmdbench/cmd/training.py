@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
@@ -949,9 +949,9 @@ def train(
     Returns the folder of the final (EMA) model, ``<output_dir>/final/<component>``.
     """
     output_dir = Path(cfg.output_dir)
-    accum, global_batch = cfg.accumulation(PartialState().num_processes)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=accum,
-                              project_dir=str(output_dir))
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, project_dir=str(output_dir))
+    accum, global_batch = cfg.accumulation(accelerator.num_processes)
+    accelerator.gradient_accumulation_steps = accum  # accelerate's setter: micro-steps per optimizer step
     rank, world = accelerator.process_index, accelerator.num_processes
     run_info = {"world_size": world, "batch_size": cfg.batch_size, "gradient_accumulation_steps": accum,
                 "global_batch_size": global_batch, "mixed_precision": cfg.mixed_precision,

@@ -198,7 +198,7 @@ def test_two_process_cpu_training_with_torchrun(tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"preset": "cmd-tiny", "dataset": "folder", "data_dir": str(tmp_path / "videos"),
                                "output_dir": str(tmp_path / "run"), "batch_size": 1, "max_steps": 2,
-                               "checkpoint_every": 2}))
+                               "checkpoint_every": 2, "global_batch_size": 4}))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = ["torchrun", "--nproc_per_node", "2", "-m", "cmdbench", "train", "motion", "--config", str(cfg)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -207,6 +207,8 @@ def test_two_process_cpu_training_with_torchrun(tmp_path):
     assert (step / "random_states_0.pkl").is_file() and (step / "random_states_1.pkl").is_file()
     assert (tmp_path / "run" / "final" / "motion_model" / "config.json").is_file()
     assert proc.stdout.count("final EMA weights") == 1
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())  # 1 clip x 2 processes x 2 micro-steps
+    assert (info["world_size"], info["gradient_accumulation_steps"], info["global_batch_size"]) == (2, 2, 4)
 
 
 # --- Gradient accumulation ------------------------------------------------------------------------------
