@@ -29,7 +29,7 @@ one and continues exactly: the data order is a function of ``(seed, micro-step, 
 timesteps and dropout come from the restored RNGs.
 
 Data. The loop consumes an iterator of batches, made for the resumed micro-step by a *batch source*
-``source(start_step=, rank=, world_size=, batch_size=) -> Iterator[batch]``:
+``source(start_step=, rank=, world_size=, batch_size=) -> Iterable[batch]`` (e.g. a DataLoader):
 - pixel batches with ``videos`` (uint8 ``(B, T, 3, H, W)``), ``conditions``, ``ids`` and ``replaced`` (the
   clips that failed to decode and were replaced, ``cmdbench.data.policy.SkippedItem``), e.g. the training
   clip loader of ``cmdbench.data``; or
@@ -54,7 +54,7 @@ import json
 import logging
 import shutil
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,7 +342,7 @@ class InMemoryLatentBatch:
     ids: list[str] = field(default_factory=list)
 
 
-BatchSource = Callable[..., Iterator[Any]]  # (start_step=, rank=, world_size=, batch_size=) -> batches
+BatchSource = Callable[..., Iterable[Any]]  # (start_step=, rank=, world_size=, batch_size=) -> batches
 
 
 def _read_item(dataset: Sequence[Any], index: int) -> tuple[torch.Tensor, Any, str] | Any:
@@ -997,7 +997,7 @@ def train(
         skipped.truncate_after(step)
     accelerator.wait_for_everyone()
 
-    batches = source(start_step=step * accum, rank=rank, world_size=world, batch_size=cfg.batch_size)
+    batches = iter(source(start_step=step * accum, rank=rank, world_size=world, batch_size=cfg.batch_size))
     steps_this_run = 0
     while step < cfg.max_steps:
         losses = []

@@ -485,3 +485,43 @@ def test_autoencoder_held_out_psnr_rises_on_mp4_footage(tmp_path):
         curve.append(psnr(CMDAutoencoder.from_pretrained(str(final) + "_raw")))
     print("held-out PSNR (dB) at steps 0, 20, 100:", [round(v, 2) for v in curve])
     assert curve[1] > curve[0] + 5 and curve[2] > curve[1] + 1.5, curve
+
+
+# --- The data path's loaders plug in as batch sources -------------------------------------------------------
+
+
+def test_the_loop_takes_the_training_clip_loader_and_the_latent_store(tmp_path):
+    """``cmdbench.data.train_clips.make_train_loader`` (fresh windows, DataLoader) and
+    ``cmdbench.cmd.latents.open_latent_loader`` (sharded store) are batch sources of the loop: a killed and
+    resumed run on the clip loader equals the straight run; the content stage trains from the store."""
+    from cmdbench.cmd.latents import build_latent_store
+    from cmdbench.data.latent_store import open_latent_loader
+    from cmdbench.data.synthetic import write_folder
+    from cmdbench.data.train_clips import TrainClipSpec, build_train_clips, make_train_loader
+
+    write_folder(tmp_path / "videos", 3, num_frames=12, height=20, width=20)
+    spec = TrainClipSpec(num_frames=TINY.num_frames, size=(TINY.height, TINY.width), clips_per_video=2, seed=0)
+    dataset = build_train_clips("folder", tmp_path / "videos", spec)
+
+    def clip_loader(*, start_step, rank, world_size, batch_size):
+        return make_train_loader(dataset, batch_size=batch_size, seed=0, rank=rank, world_size=world_size,
+                                 start_step=start_step, num_workers=0)
+
+    straight = train(config(tmp_path, "straight"), clip_loader)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    cfg = config(tmp_path, "killed")
+    train(cfg, clip_loader, stop_after_steps=3)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    resumed = train(cfg, clip_loader)
+    a, b = state(straight), state(resumed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    pipe = build_components(config(tmp_path, "unused"))
+    store = tmp_path / "store"
+    build_latent_store(clip_loader(start_step=0, rank=0, world_size=1, batch_size=2), store, pipe.autoencoder, None,
+                       rank=0, world_size=1, seed=0, num_samples=6)
+    losses: list[float] = []
+    train(config(tmp_path, "from_store", stage="content", max_steps=2),
+          lambda **kw: open_latent_loader(store, seed=0, **kw), on_step=lambda step, loss: losses.append(loss))
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
