@@ -49,3 +49,50 @@ def test_load_plugins_registers_the_reference_generator():
     load_plugins()
     load_plugins()  # idempotent
     assert "tiny-unet3d" in GENERATORS.names()
+
+
+# --- Name schemes -----------------------------------------------------------------------------------------
+
+
+def test_scheme_names_resolve_through_the_resolver():
+    r = Registry("generator")
+    r.register("tiny-unet3d", 1)
+    seen = []
+    r.register_scheme("diffusers", lambda arg: seen.append(arg) or f"factory for {arg}",
+                      description="any pipeline", argument="path-or-id")
+    assert r.get("diffusers:/models/a:b") == "factory for /models/a:b"  # only the first colon splits
+    assert seen == ["/models/a:b"]
+    assert r.names() == ["tiny-unet3d"] and len(r) == 1  # a scheme is not a name (the contract test skips it)
+    assert [e.name for e in r.entries()] == ["tiny-unet3d", "diffusers:<path-or-id>"]
+
+
+def test_scheme_errors_and_close_matches():
+    r = Registry("generator")
+    r.register("tiny-unet3d", 1)
+    r.register_scheme("diffusers", lambda arg: arg, description="any pipeline", argument="path-or-id")
+    with pytest.raises(UnknownNameError, match=r"'diffusers:': write diffusers:<path-or-id> \(any pipeline\)"):
+        r.get("diffusers:")
+    with pytest.raises(UnknownNameError, match=r"Did you mean 'diffusers:\.\.\.'\? Known: tiny-unet3d, "
+                                               r"diffusers:<path-or-id>"):
+        r.get("diffuser:/x")
+    with pytest.raises(ValueError, match="already registered"):
+        r.register_scheme("diffusers", lambda arg: arg)
+    with pytest.raises(ValueError, match="would shadow the diffusers: scheme"):
+        r.register("diffusers:special", 2)
+    with pytest.raises(ValueError, match="without ':'"):
+        r.register_scheme("a:b", lambda arg: arg)
+
+
+def test_snapshot_and_restore_cover_names_and_schemes():
+    r = Registry("generator")
+    r.register("a", 1)
+    state = r.snapshot()
+    r.register("b", 2)
+    r.register_scheme("s", lambda arg: arg)
+    r.restore(state)
+    assert r.names() == ["a"] and r.schemes() == []
+
+
+def test_the_diffusers_scheme_is_registered_by_load_plugins():
+    load_plugins()
+    assert "diffusers" in GENERATORS.schemes()
