@@ -444,17 +444,18 @@ class LatentCache:
         self.content, self.motion, self.conditions = content, motion, conditions
 
     @staticmethod
-    def key(dataset: Sequence[Any], autoencoder: torch.nn.Module, preset: CMDPreset, seed: int) -> str:
+    def key(dataset: Sequence[Any], autoencoder: torch.nn.Module, preset: CMDPreset, seed: int,
+            autocast_dtype: torch.dtype | None = None) -> str:
         describe = getattr(dataset, "describe", lambda: {"len": len(dataset)})()
         blob = json.dumps({"data": describe, "ae": weights_digest(autoencoder), "preset": preset.name,
-                           "size": [preset.num_frames, preset.height, preset.width], "seed": seed},
-                          sort_keys=True, default=str)
+                           "size": [preset.num_frames, preset.height, preset.width], "seed": seed,
+                           "autocast": str(autocast_dtype)}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @classmethod
     @torch.no_grad()
     def build(cls, dataset, autoencoder: CMDAutoencoder, vae, preset: CMDPreset, seed: int,
-              batch_size: int = 8) -> LatentCache:
+              batch_size: int = 8, autocast_dtype: torch.dtype | None = None) -> LatentCache:
         contents, motions, conditions = [], [], []
         for start in range(0, len(dataset), batch_size):
             idx = list(range(start, min(start + batch_size, len(dataset))))
@@ -465,7 +466,7 @@ class LatentCache:
             videos = torch.stack([v for v, _, _ in items])
             _check_videos(videos, preset, [i for _, _, i in items])
             gens = [torch.Generator().manual_seed(sample_seed(seed, 0, i)) for i in idx]
-            content, motion = encode_clips(videos, autoencoder, vae, gens)
+            content, motion = encode_clips(videos, autoencoder, vae, gens, autocast_dtype=autocast_dtype)
             contents.append(content.cpu())
             motions.append(motion.cpu())
             conditions.extend(c for _, c, _ in items)
@@ -1050,11 +1051,14 @@ def _batch_source(cfg: TrainConfig, data, pipe: CMDPipeline, preset: CMDPreset, 
     if len(data) == 0:
         raise ValueError("the training dataset is empty")
     if cfg.stage != "autoencoder" and cfg.precompute_latents:
-        key = LatentCache.key(data, pipe.autoencoder, preset, cfg.seed)
+        autocast_dtype = AUTOCAST_DTYPE[cfg.mixed_precision]
+        key = LatentCache.key(data, pipe.autoencoder, preset, cfg.seed, autocast_dtype)
         cache_path = Path(cfg.latent_cache or output_dir / "latents") / f"latents-{key}.pt"
         if not cache_path.is_file():
             if accelerator.is_main_process:
-                LatentCache.build(data, pipe.autoencoder, pipe.vae, preset, cfg.seed).save(cache_path)
+                cache = LatentCache.build(data, pipe.autoencoder, pipe.vae, preset, cfg.seed,
+                                          autocast_dtype=autocast_dtype)
+                cache.save(cache_path)
             accelerator.wait_for_everyone()
         cache = LatentCache.load(cache_path)
         return lambda **kw: latent_cache_batches(cache, seed=cfg.seed, **kw)

@@ -144,6 +144,17 @@ def test_stages_that_do_not_belong_together_are_refused(runs, tmp_path):
         assemble(ae, content, motion, tmp_path / "precious")
 
 
+def test_the_motion_stage_assembles_itself_when_told_where(runs, tmp_path):
+    out = tmp_path / "auto"
+    run(tmp_path, "motion", "motion", runs["data"], autoencoder=str(runs["ae"]), content_run=str(runs["content"]),
+        assemble_to=str(out))
+    meta = read_assembly(out)
+    assert meta["stages"]["motion"]["run_dir"] == str((tmp_path / "motion").resolve())
+    assert meta["stages"]["content"]["run_dir"] == str(runs["content"].resolve())
+    with pytest.raises(ValueError, match="assemble_to assembles the pipeline at the end of the motion stage"):
+        TrainConfig(stage="content", output_dir="x", assemble_to=str(out))
+
+
 def test_loading_errors_name_the_fix(runs, tmp_path):
     out = assemble(runs["ae"], runs["content"], runs["motion"], tmp_path / "cmd")
     with pytest.raises(presets.CheckpointMismatchError, match="assembled from cmd-tiny runs"):

@@ -325,6 +325,11 @@ def test_the_autoencoder_folder_is_checked(tmp_path):
     with pytest.raises(TrainConfigError, match="trained for preset cmd-tiny; this run is cmd-ucf101-64"):
         train(config(tmp_path, "u", preset="cmd-ucf101-64", tiny=True,
                      autoencoder=str(tmp_path / "ae" / "final" / "autoencoder")), [(v, 0) for v, _ in data])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    bare = tmp_path / "bare_ucf_autoencoder"  # a CMDAutoencoder folder without its run: shapes are checked
+    build_components(config(tmp_path, "x", preset="cmd-ucf101-64", tiny=True)).autoencoder.save_pretrained(bare)
+    with pytest.raises(TrainConfigError, match="does not fit preset cmd-tiny: patch_size=2 \\(preset needs 4\\)"):
+        train(config(tmp_path, "m4", autoencoder=str(bare)), data)
 
 
 def test_frozen_encoders_run_under_autocast_and_losses_stay_float32(tmp_path, monkeypatch):
