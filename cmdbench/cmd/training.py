@@ -943,7 +943,7 @@ def train(
     """Train ``cfg.stage``; resumes from the newest checkpoint in ``cfg.output_dir``.
 
     ``data``: an in-memory ``Sequence`` of clips, or a batch source
-    ``data(start_step=, rank=, world_size=, batch_size=) -> Iterator[batch]`` (pixel or latent batches,
+    ``data(start_step=, rank=, world_size=, batch_size=) -> Iterable[batch]`` (pixel or latent batches,
     see the module docstring; ``start_step`` counts micro-steps). ``stop_after_steps`` ends the
     process-local loop early after that many optimizer steps (after checkpointing), as a kill would.
     ``on_step(step, loss)`` is called per optimizer step with the mean micro-batch loss.
