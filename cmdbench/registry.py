@@ -182,7 +182,6 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "cmdbench.cmd.presets",
     "cmdbench.metrics.catalog",
     "cmdbench.metrics.reconstruction",
-    "cmdbench.metrics.clipsim_standin",
     "cmdbench.data.datasets",
 )
 # Entry points that failed to load: "name = value" -> "ExceptionType: message".
