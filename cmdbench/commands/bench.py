@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cmdbench.commands.progress import add_progress_argument, progress_enabled
 from cmdbench.commands.sample import add_generation_args
 
 EPILOG = """examples:
@@ -45,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--records", type=Path, default=Path("results/records"), help="records directory")
     parser.add_argument("--run-id", help="run id (default: new); an existing id resumes that run")
     parser.add_argument("--resume", action="store_true", help="resume the newest unfinished run of this config")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -106,13 +107,13 @@ def merge_metric_options(base: Any, flags: list[str]) -> dict[str, dict[str, Any
 def run(args: argparse.Namespace) -> int:
     from cmdbench.bench.runner import find_unfinished_run, run_bench
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args)  # an unavailable --device is refused by GeneratorSpec before any work
     run_id = args.run_id
     if args.resume and run_id is None:
         run_id = find_unfinished_run(cfg, args.records)
         if run_id is None:
             print(f"no unfinished run of this config in {args.records}; starting a new run")
-    rows = run_bench(cfg, args.records, run_id=run_id, progress=not args.no_progress)
+    rows = run_bench(cfg, args.records, run_id=run_id, progress=progress_enabled(args))
     run_id = str(rows["run_id"].iloc[0]) if len(rows) else run_id
     cols = ["metric", "value", "std", "unit", "n"]
     print(rows[cols].to_string(index=False) if len(rows) else "(no rows: no trackers or metrics requested)")

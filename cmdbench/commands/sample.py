@@ -1,11 +1,18 @@
-"""``cmdbench sample GEN``: sample one video per seed, write mp4s and a frame-grid PNG."""
+"""``cmdbench sample GEN``: sample one video per seed, write mp4s and a frame-grid PNG.
+
+The videos go to ``<out>/seed-NNNNNN.mp4``; the grid goes *beside* the folder (``<out>-grid.png``), so the
+folder holds videos only and ``cmdbench evaluate --videos <out>`` scores it as it is.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from cmdbench.interfaces import DTYPES
+from cmdbench.commands.progress import add_progress_argument
+
+# == cmdbench.interfaces.DTYPES (not imported: that module imports torch; tests/test_cli.py checks they agree)
+DTYPES = ("float32", "float16", "bfloat16")
 
 EPILOG = """examples:
   cmdbench sample tiny-unet3d --tiny --seeds 0-3 --out samples/
@@ -37,28 +44,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "sample", help="sample videos for seeds; write mp4s and a frame grid",
         description="Sample one video per seed with a registered generator; write <out>/seed-NNNNNN.mp4 "
-                    "and <out>/grid.png (rows = seeds).",
+                    "and the frame grid <out>-grid.png beside the folder (rows = seeds).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("generator", help="registered generator name (see `cmdbench list generators`)")
     add_generation_args(parser)
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--grid", type=Path, default=None,
+                        help="frame-grid PNG (default: <out>-grid.png beside the folder, so the folder holds only "
+                             "videos)")
+    add_progress_argument(parser)
     parser.set_defaults(func=run)
     return parser
 
 
+def grid_path(out: Path, grid: Path | None = None) -> Path:
+    """``grid`` or ``<out>-grid.png`` beside the video folder ``out`` (outside it: the folder stays videos only)."""
+    if grid is not None:
+        return grid
+    out = out.resolve()
+    return out.with_name(f"{out.name}-grid.png")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm.auto import tqdm
 
     from cmdbench.bench.runner import conditions_for, resolve
+    from cmdbench.commands.progress import progress_bar, progress_enabled
     from cmdbench.config import BenchConfig, SamplingConfig
-    from cmdbench.interfaces import GeneratorSpec
+    from cmdbench.interfaces import GeneratorSpec, check_device
     from cmdbench.registry import GENERATORS, load_plugins
     from cmdbench.seeding import make_generators, parse_seeds
     from cmdbench.video import save_frame_grid, write_mp4
 
+    check_device(args.device or "cpu", what="--device")
     load_plugins()
     factory = GENERATORS.get(args.generator)
     sampling = SamplingConfig(**{k: getattr(args, k) for k in ("num_frames", "height", "width", "steps",
@@ -75,13 +95,17 @@ def run(args: argparse.Namespace) -> int:
     settings = {"num_frames": res.num_frames, "height": res.height, "width": res.width, "steps": res.steps,
                 "guidance_scale": res.guidance_scale}
     videos = []
-    for start in tqdm(range(0, len(seeds), res.batch_size), desc=f"sample {args.generator}", unit="batch"):
+    bar = progress_bar(total=len(seeds), desc=f"sample {args.generator}", unit="video",
+                       enabled=progress_enabled(args))
+    for start in range(0, len(seeds), res.batch_size):
         idx = list(range(start, min(start + res.batch_size, len(seeds))))
         batch = gen.sample(**conditions_for(res, seeds, idx), **settings,
                            generator=make_generators([seeds[i] for i in idx]))
         for j, i in enumerate(idx):
             write_mp4(args.out / f"seed-{seeds[i]:06d}.mp4", batch[j], fps=args.fps)
         videos.append(batch)
-    grid = save_frame_grid(args.out / "grid.png", torch.cat(videos))
+        bar.update(len(idx))
+    bar.close()
+    grid = save_frame_grid(grid_path(args.out, args.grid), torch.cat(videos))
     print(f"wrote {len(seeds)} videos ({res.num_frames}x{res.height}x{res.width}, {res.steps} steps) and {grid}")
     return 0

@@ -14,6 +14,9 @@ Definition (CMD §8.3, following Make-A-Video / VideoLDM; ``evaluation-protocols
 - the **raw cosine** is stored (MSR-VTT values are around 0.3); x100 happens only for display
   (:func:`format_x100`); no clamping;
 - per-video scores are kept, so the bootstrap spread over videos costs no extra network pass.
+
+Offline tries: ``weights="clip-random-tiny"`` scores with a random tiny CLIP built locally
+(:mod:`cmdbench.metrics.clipsim_standin`); its values mean nothing and are labelled random everywhere.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class LoadedCLIP:
     model_name: str
     weights_path: str | None
     weights_sha256: str | None
+    random_weights: bool = False  # the offline stand-in (values mean nothing)
 
     @property
     def device(self) -> torch.device:
@@ -91,8 +95,13 @@ def load_clip(file: str | Path | None = None, *, device: str | torch.device = "c
     """Load CLIP from ``file`` (default: the verified ``clip_vit_b32`` weight file) with ``clip.load``.
 
     ``file`` may be clip's TorchScript archive or a ``torch.save``d state dict (``clip.load`` takes
-    both). Raises :class:`cmdbench.weights.WeightsError` (saying how to get the file) when it is missing.
+    both), or ``"clip-random-tiny"``: the offline stand-in, built locally with random weights. Raises
+    :class:`cmdbench.weights.WeightsError` (saying how to get the file) when it is missing.
     """
+    from cmdbench.metrics.clipsim_standin import STANDIN_NAME, build_random_tiny_clip
+
+    if file is not None and str(file) == STANDIN_NAME:
+        return build_random_tiny_clip(device=device)
     clip = _import_clip()
     if file is None:
         path = weights.require(CLIP_WEIGHTS_NAME)
@@ -100,8 +109,9 @@ def load_clip(file: str | Path | None = None, *, device: str | torch.device = "c
         path = Path(file).expanduser()
         if not path.is_file():
             raise weights.MissingWeightsError(
-                f"CLIP weight file {path} does not exist; pass an existing file, or leave it out to use "
-                f"the cached ViT-B/32 (`cmdbench weights fetch {CLIP_WEIGHTS_NAME}`)"
+                f"CLIP weight file {path} does not exist; pass an existing file, leave it out to use "
+                f"the cached ViT-B/32 (`cmdbench weights fetch {CLIP_WEIGHTS_NAME}`), or name the offline "
+                f"stand-in {STANDIN_NAME!r} (random weights, values meaningless)"
             )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.load FutureWarning; "not a JIT archive" notes
@@ -312,6 +322,7 @@ class CLIPSIM:
             protocol=self.protocol,
             extra={
                 "model": self.clip.model_name,
+                "random_weights": self.clip.random_weights,
                 "weights_path": self.clip.weights_path,
                 "weights_sha256": self.clip.weights_sha256,
                 "weights_verified": self.clip.weights_sha256 in weights.accepted_hashes(CLIP_WEIGHTS_NAME),
@@ -323,5 +334,7 @@ class CLIPSIM:
                 "storage": self.storage,
                 "std_kind": f"bootstrap over videos ({self.bootstrap} resamples, seed {self.seed})",
                 "scale": "raw cosine (x100 only for display)",
+                **({"stand_in": "random tiny CLIP built locally: the value means nothing"}
+                   if self.clip.random_weights else {}),
             },
         )

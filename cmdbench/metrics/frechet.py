@@ -191,10 +191,15 @@ class FeatureStats:
         return self.sum.nbytes + self.outer.nbytes + extra
 
     # --- persistence ---------------------------------------------------------------------------------
+    def to_gaussian(self, ddof: int = 1, *, allow_singular: bool = True) -> GaussianStats:
+        """The (mean, covariance) form of these statistics (:meth:`mean_cov` with ``ddof``), with ``n`` and a
+        copy of the metadata plus ``ddof``: what :func:`save_mu_sigma` writes for peer tools."""
+        mu, sigma = self.mean_cov(ddof, allow_singular=allow_singular)
+        return GaussianStats(mu, sigma, n=self.n, metadata={**self.metadata, "ddof": ddof})
+
     def save(self, path: str | Path) -> Path:
         """Write ``.npz`` atomically (temp file in the same folder, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {
             "format": np.array(NPZ_FORMAT),
             "n": np.array(self.n, dtype=np.int64),
@@ -204,13 +209,7 @@ class FeatureStats:
         }
         if self.bank is not None:
             arrays["features"] = self.bank.array()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        return path
+        return _save_npz_atomic(path, arrays)
 
     @staticmethod
     def load(path: str | Path) -> FeatureStats:
@@ -235,6 +234,101 @@ class FeatureStats:
         if fmt != NPZ_FORMAT:
             raise ValueError(f"{path} is not a cmdbench feature-statistics file (format {NPZ_FORMAT!r})")
         return stats
+
+
+# --- (mu, sigma): the statistics files of peer tools -------------------------------------------------------
+#
+# pytorch-fid, TTUR and the FVD code bases that follow them store a real set as ``np.savez(path, mu=mu,
+# sigma=sigma)``: the mean (D,) and covariance (D, D) only, without the count, the estimator or what the
+# features were. :func:`save_mu_sigma` writes that layout (plus ``n`` and a JSON ``metadata`` entry that
+# those readers ignore); :func:`load_mu_sigma` reads it back, recording a missing ``n`` as unknown.
+MU_SIGMA_KEYS = ("mu", "sigma")
+
+
+class GaussianStats:
+    """A Gaussian given by its mean ``mu`` (D,) and covariance ``sigma`` (D, D), float64, e.g. a peer tool's
+    real-set statistics. ``n``: the number of samples behind it, ``None`` when unknown (a peer file names
+    none). Usable wherever :func:`stats_frechet` takes a :class:`FeatureStats`; there are no per-sample
+    features (``bank`` is ``None``), so no bootstrap spread.
+    """
+
+    bank = None
+
+    def __init__(self, mu: Any, sigma: Any, *, n: int | None = None, metadata: Mapping[str, Any] | None = None):
+        mu, sigma = _check_gaussian(mu, sigma, "")
+        if n is not None and int(n) < 0:
+            raise ValueError(f"GaussianStats n={n}; allowed a non-negative count or None (unknown)")
+        self.mu, self.sigma = mu, (sigma + sigma.T) / 2
+        self.dim = int(mu.shape[0])
+        self.n = None if n is None else int(n)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    def mean_cov(self, ddof: int = 1, *, allow_singular: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The stored mean and covariance. ``ddof`` cannot change an estimator already applied (it is recorded
+        in ``metadata["ddof"]`` when known); a known ``n <= D`` is refused as singular unless allowed."""
+        if self.n is not None and self.n <= self.dim and not allow_singular:
+            raise InsufficientSamplesError(
+                f"these statistics come from {self.n} feature vectors of dimension {self.dim}: the covariance is "
+                "singular, so the Fréchet distance is unreliable"
+            )
+        return self.mu, self.sigma
+
+    def cov_rounding_error(self, ddof: int = 1) -> float:
+        """0: the covariance is taken as given (the distance still adds its own rounding levels)."""
+        return 0.0
+
+
+def save_mu_sigma(path: str | Path, stats: GaussianStats) -> Path:
+    """Write ``mu`` (D,), ``sigma`` (D, D) float64, ``n`` (int64, -1 = unknown) and ``metadata`` (JSON text)
+    to ``path`` atomically: the layout peer tools read with ``np.load(path)["mu"]``."""
+    arrays = {
+        "mu": np.asarray(stats.mu, dtype=np.float64),
+        "sigma": np.asarray(stats.sigma, dtype=np.float64),
+        "n": np.array(-1 if stats.n is None else stats.n, dtype=np.int64),
+        "metadata": np.array(json.dumps(stats.metadata, sort_keys=True, default=str)),
+    }
+    return _save_npz_atomic(Path(path), arrays)
+
+
+def is_mu_sigma_file(path: str | Path) -> bool:
+    """Whether ``path`` is an ``.npz`` holding ``mu`` and ``sigma`` and no cmdbench ``format`` entry."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return all(k in z.files for k in MU_SIGMA_KEYS) and "format" not in z.files
+    except Exception:  # not a zip, unreadable: not this layout (FeatureStats.load names the problem)
+        return False
+
+
+def load_mu_sigma(path: str | Path) -> GaussianStats:
+    """Read a (mu, sigma) ``.npz`` (ours or a peer tool's); ``n`` missing or negative -> unknown (``None``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"statistics file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in MU_SIGMA_KEYS if k not in z.files]
+            if missing:
+                raise ValueError(f"has no {missing} entries (found {sorted(z.files)})")
+            mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+            n = int(z["n"]) if "n" in z.files and z["n"].shape == () else -1
+            meta = json.loads(str(z["metadata"])) if "metadata" in z.files else {}
+    except Exception as err:  # zip errors, pickled arrays, bad JSON, the missing keys above
+        raise ValueError(f"{path} is not a readable (mu, sigma) statistics file: {err}") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} must be (D,) and (D, D)")
+    return GaussianStats(mu, sigma, n=None if n < 0 else n, metadata=meta)
+
+
+def _save_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """``np.savez`` into a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
 
 
 # --- the distance ---------------------------------------------------------------------------------------

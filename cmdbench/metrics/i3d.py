@@ -268,7 +268,12 @@ class I3DExtractor:
         weights_path: str | Path | None = None,
     ) -> None:
         if preprocessing.resize == "detector":
-            raise ValueError("resize='detector' needs the TorchScript detector; InceptionI3d takes prepared input")
+            raise ValueError(
+                f"extractor {name!r} is an InceptionI3d and takes prepared frames, but this protocol resizes inside "
+                "StyleGAN-V's TorchScript detector (resize='detector', the stylegan-v preset: extractor "
+                "i3d_torchscript). Use it under the videogpt (default), tats or tf-reference preset "
+                "(--protocol videogpt)"
+            )
         self.model = model.to(device=device, dtype=dtype).eval()
         self.preprocessing, self.name, self.checksum = preprocessing, name, checksum
         self.device, self.dtype, self.batch_size = torch.device(device), dtype, batch_size
