@@ -185,6 +185,66 @@ KNOWN: dict[str, WeightFile] = {
             licence="torchvision: BSD-3-Clause; ImageNet-trained weights, see the torchvision model docs",
             also_in=("~/.cache/torch/hub/checkpoints",),
         ),
+        # JEDi's feature extractor (cmdbench.metrics.vjepa): V-JEPA ViT-H/16 and its SSv2 attentive probe.
+        WeightFile(
+            name="vjepa_vith16",
+            filename="vith16.pth.tar",
+            description=(
+                "V-JEPA ViT-H/16 at 224, 16 frames (Bardes et al. 2024): the pre-training checkpoint; JEDi uses its "
+                "'target_encoder' (keys prefixed module.backbone.), as videojedi 1.1.0 downloads it"
+            ),
+            urls=("https://dl.fbaipublicfiles.com/jepa/vith16/vith16.pth.tar",),
+            sha256=None,
+            sha256_source=(
+                "none published: facebookresearch/jepa and videojedi give the URL only, and it could not be "
+                "fetched from here to hash; compare with a trusted copy, then `cmdbench weights verify "
+                "vjepa_vith16 --trust`"
+            ),
+            size=None,  # about 10 GB (encoder, predictor, target encoder and optimizer state)
+            licence="CC-BY-NC-4.0 (facebookresearch/jepa: code and weights, non-commercial). cmdbench does not "
+            "redistribute the file",
+        ),
+        WeightFile(
+            name="vjepa_vith16_ssv2_probe",
+            filename="ssv2-probe.pth.tar",
+            description=(
+                "V-JEPA ViT-H/16 attentive probe trained on Something-Something-v2 (key 'classifier', keys "
+                "prefixed module.): JEDi's features are its pooler output"
+            ),
+            urls=("https://dl.fbaipublicfiles.com/jepa/vith16/ssv2-probe.pth.tar",),
+            sha256=None,
+            sha256_source=(
+                "none published (facebookresearch/jepa README links the file without a checksum); not verifiable "
+                "offline: accept a trusted copy with `cmdbench weights verify vjepa_vith16_ssv2_probe --trust`"
+            ),
+            size=None,
+            licence="CC-BY-NC-4.0 (facebookresearch/jepa: code and weights, non-commercial). cmdbench does not "
+            "redistribute the file",
+        ),
+        # Content-debiased FVD's feature extractor (cmdbench.metrics.videomae).
+        WeightFile(
+            name="videomae_v2_vitg14_ssv2",
+            filename="vit_g_hybrid_pt_1200e_ssv2_ft.pth",
+            description=(
+                "VideoMAE-v2 ViT-g/14 (Wang et al. 2023), hybrid-data pre-training 1200 epochs, fine-tuned on "
+                "Something-Something-v2; the file cd-fvd 0.1.1 downloads for its 'videomae' model"
+            ),
+            urls=(
+                "https://pjlab-gvm-data.oss-cn-shanghai.aliyuncs.com/internvideo/videomaev2/"
+                "vit_g_hybrid_pt_1200e_ssv2_ft.pth",
+            ),
+            sha256=None,
+            sha256_source=(
+                "none published by OpenGVLab or cd-fvd, and the URL could not be fetched from here to hash; "
+                "accept a trusted copy with `cmdbench weights verify videomae_v2_vitg14_ssv2 --trust`"
+            ),
+            size=None,  # about 4 GB
+            licence=(
+                "OpenGVLab/VideoMAEv2 code: MIT; its model zoo distributes the ViT-g weights on request for "
+                "research use: check the authors' terms before other use. cmdbench does not redistribute the file"
+            ),
+            manual="OpenGVLab/VideoMAEv2 MODEL_ZOO.md (ViT-g, SSv2 fine-tuned); cd-fvd's loader fetches the URL above",
+        ),
     )
 }
 

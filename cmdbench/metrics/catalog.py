@@ -7,6 +7,9 @@ from functools import partial
 
 from cmdbench.metrics.clipsim import CLIPSIM
 from cmdbench.metrics.fvd import FVD, PRESETS, PROTOCOL_METRICS
+from cmdbench.metrics.jedi import jedi
+from cmdbench.metrics.kvd import kvd
+from cmdbench.metrics.videomae import fvd_videomae
 from cmdbench.registry import METRICS
 
 METRICS.register(
@@ -53,3 +56,20 @@ for _preset in PRESETS:
         _fvd_factory(None, _preset),
         description=f"FVD under the {_preset!r} preset (2048/2048 clips, 16 frames; lower is better)",
     )
+
+# --- Judges beyond I3D-FVD (issue 13): JEDi, content-debiased FVD (VideoMAE-v2), KVD ----------------------
+METRICS.register(
+    "jedi", jedi,
+    description="JEDi: 100 x MMD^2 (poly kernel deg 2) of V-JEPA ViT-H/16 + SSv2-probe features, 2048/2048 "
+    "16-frame clips, as videojedi 1.1.0 (lower is better)",
+)
+METRICS.register(
+    "fvd-videomae", fvd_videomae,
+    description="content-debiased FVD: VideoMAE-v2 ViT-g/14 (SSv2) features, /N covariance, scipy sqrtm, "
+    "2048/2048 16-frame clips, as cd-fvd 0.1.1 (lower is better)",
+)
+METRICS.register(
+    "kvd", kvd,
+    description="KVD: unbiased MMD^2, cubic kernel (x.y/d+1)^3 on I3D features of an FVD preset, mean +- std "
+    "over 100 subsets of 1000 (lower is better)",
+)
