@@ -161,7 +161,11 @@ class Registry(Generic[T]):
         self._entries, self._schemes = dict(state[0]), dict(state[1])
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        """Whether :meth:`get` can resolve ``name``: a registered name or ``<scheme>:<argument>``."""
+        if name in self._entries:
+            return True
+        scheme, sep, argument = str(name).partition(":")
+        return bool(sep and argument) and scheme in self._schemes
 
     def __len__(self) -> int:
         return len(self._entries)

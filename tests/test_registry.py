@@ -62,6 +62,7 @@ def test_scheme_names_resolve_through_the_resolver():
                       description="any pipeline", argument="path-or-id")
     assert r.get("diffusers:/models/a:b") == "factory for /models/a:b"  # only the first colon splits
     assert seen == ["/models/a:b"]
+    assert "diffusers:/models/x" in r and "diffusers:" not in r and "other:/x" not in r  # what get() resolves
     assert r.names() == ["tiny-unet3d"] and len(r) == 1  # a scheme is not a name (the contract test skips it)
     assert [e.name for e in r.entries()] == ["tiny-unet3d", "diffusers:<path-or-id>"]
 
