@@ -330,7 +330,8 @@ def prediction_breakdown(rec: pd.DataFrame) -> pd.DataFrame:
 
 def table8(rec: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """Training-step cost per component at 512x512x16, batch 1."""
-    train = rec[rec["metric"].astype("string").str.startswith("train_")]
+    names = rec["metric"].astype("string")
+    train = rec[names.str.startswith("train_") | names.str.startswith("predicted_train_")]
     rows = []
     for name, gen_prefix, stages in TRAINING_COMPONENTS:
         sub = train[train["generator"].astype("string").str.startswith(gen_prefix)]

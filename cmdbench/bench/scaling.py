@@ -179,15 +179,20 @@ def scaling_figure(df: pd.DataFrame, stem: Path, *, frames_size: int = FRAMES_SI
         rows = _axis_rows(df, axis, frames_size, sizes_frames)
         for row_i, (q, ylabel) in enumerate(quantities):
             ax = axes[row_i, col]
+            positive = False
             for g in gens:
                 sub = rows[rows["generator"] == g].sort_values(xkey)
                 ok = sub[sub["status"] == "ok"]
-                ax.plot(ok[xkey], ok[q].astype(float), marker="o", color=colors[g], label=g)
+                ys = ok[q].astype(float)
+                positive |= bool((ys > 0).any())
+                ax.plot(ok[xkey], ys, marker="o", color=colors[g], label=g)
                 bad = sub[sub["status"] != "ok"]
-                if not bad.empty:
-                    ax.scatter(bad[xkey], [0] * len(bad), marker="x", color=colors[g], clip_on=False, zorder=3)
+                if not bad.empty:  # at the bottom edge of the panel (x in data, y in axes coordinates)
+                    ax.scatter(bad[xkey], [0.0] * len(bad), marker="x", color=colors[g], clip_on=False, zorder=3,
+                               transform=ax.get_xaxis_transform())
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            if positive:
+                ax.set_yscale("log")
             if q == "memory_gib" and gpu_memory_gb:
                 ax.axhline(gpu_memory_gb * 1e9 / GIB, ls="--", color="grey", lw=0.8)
                 ax.annotate("A100 40GB", (ax.get_xlim()[0], gpu_memory_gb * 1e9 / GIB), fontsize=7, color="grey",

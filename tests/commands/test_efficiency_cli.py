@@ -19,7 +19,8 @@ def test_count_only_json_matches_direct_count(capsys):
     assert main(["efficiency", *SMALL, "--count-only", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     e = out["tiny-unet3d"]
-    assert e["sampling_time_s"] is None and e["peak_memory_gb"] is None and e["status"] == "ok"
+    assert e["sampling_time_s"] is None and e["peak_memory_gib"] is None and e["status"] == "ok"
+    assert "predicted" not in e
     load_plugins()
     gen = GENERATORS.get("tiny-unet3d")(GeneratorSpec(device="meta"))
     direct = count_generator_cost(gen, 4, 32, 32, 3)
@@ -33,9 +34,33 @@ def test_measured_run_writes_records(tmp_path, capsys):
     assert "TMAC paper convention" in capsys.readouterr().out
     df = load_records(tmp_path)
     metrics = set(df["metric"])
-    assert {"tmacs_paper", "tflops_true", "params", "sampling_time", "peak_memory"} <= metrics
+    assert {"tmacs_paper", "tflops_true", "params", "sampling_time", "sampling_time_excl_vae_decoder",
+            "peak_memory", "peak_memory_excl_vae_decoder"} <= metrics
     assert any(m.startswith("stage_time/") for m in metrics)
+    units = dict(zip(df["metric"], df["unit"], strict=True))
+    assert units["sampling_time"] == "s/video" and units["peak_memory"] == "GiB"
+    whole = df.set_index("metric").loc["sampling_time"]
+    assert whole["protocol"].startswith("perf_counter") and whole["n"] == 1
     assert (df["generator"] == "tiny-unet3d").all() and (df["source"] == "measured").all()
+
+
+def test_predict_adds_memory_and_roofline_times_equal_to_a_direct_prediction(capsys):
+    from cmdbench.metrics.memory_prediction import GIB
+    from cmdbench.metrics.roofline import get_gpu, predict_sampling_cost
+
+    assert main(["efficiency", *SMALL, "--count-only", "--predict", "--batch-sizes", "1,2", "--gpus",
+                 "A100-40GB,H200", "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)["tiny-unet3d"]["predicted"]
+    load_plugins()
+    mem, time = predict_sampling_cost(GENERATORS.get("tiny-unet3d")(GeneratorSpec(device="meta")), num_frames=4,
+                                      height=32, width=32, steps=3)
+    assert pred["memory_gib@b1"]["peak"] == pytest.approx(mem.peak / GIB, rel=1e-12)
+    assert pred["memory_gib@b2"]["weights"] == pytest.approx(mem.weights / GIB, rel=1e-12)
+    assert pred["memory_gib@b2"]["peak_excl_vae_decoder"] > pred["memory_gib@b1"]["peak_excl_vae_decoder"]
+    assert set(pred["time_s"]) == {"A100-40GB", "H200"}
+    assert pred["time_s"]["H200"]["total"] == pytest.approx(time.time(get_gpu("H200")), rel=1e-12)
+    assert main(["efficiency", *SMALL, "--count-only", "--predict", "--gpus", "V100"]) == 2
+    assert "unknown ['V100']" in capsys.readouterr().err
 
 
 def test_unknown_generator_and_bad_values_are_clear_errors(capsys):

@@ -189,6 +189,22 @@ def test_generator_cost_paper_and_true_columns():
     assert cost.paper_params == 8 * 8 + 8
 
 
+def test_training_stages_prefer_the_generators_own_description():
+    from cmdbench.metrics.efficiency import training_stages
+
+    gen = FakeGenerator()
+    stages, source = training_stages(gen, num_frames=2, height=8, width=8)
+    assert [s.name for s in stages] == ["denoiser"] and source == "cost_stages (denoisers only)"
+    assert stages[0].calls == 1  # one step: one forward
+
+    class WithTraining(FakeGenerator):
+        def training_cost_stages(self, *, num_frames, height, width):
+            return [CostStage("decoder", self.decoder, lambda b: {"input": torch.empty(b, 8)}, calls=1)]
+
+    stages, source = training_stages(WithTraining(), num_frames=2, height=8, width=8)
+    assert [s.name for s in stages] == ["decoder"] and source == "training_cost_stages"
+
+
 def test_latency_keeps_raw_values_and_honours_min_repeats():
     calls = []
     t = latency(lambda: calls.append(1), TimingConfig(warmup=2, min_repeats=5, max_repeats=50))
