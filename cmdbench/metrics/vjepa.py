@@ -33,7 +33,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -388,16 +387,17 @@ def combined_checksum(encoder_sha256: str, probe_sha256: str) -> str:
 
 def make_vjepa_extractor(name: str, preprocessing: Preprocessing, *, path: str | Path | None = None,
                          probe_path: str | Path | None = None, device: str = "cpu",
-                         dtype: torch.dtype = torch.float32, batch_size: int = 4, seed: int = 0) -> VJEPAExtractor:
+                         dtype: torch.dtype = torch.float32, batch_size: int = 4, seed: int = 0,
+                         config: VJEPAConfig = VIT_H16) -> VJEPAExtractor:
     """A named extractor: ``vjepa_vith16_ssv2`` (real weights: ``path`` = ``vith16.pth.tar`` and
-    ``probe_path`` = ``ssv2-probe.pth.tar``, default from ``cmdbench.weights``), ``vjepa-random``
+    ``probe_path`` = ``ssv2-probe.pth.tar``, default from ``cmdbench.weights``, laid out as ``config``), ``vjepa-random``
     (full size, seeded random weights) or ``vjepa-random-tiny`` (:data:`TINY`, CPU tests). Random
     extractors' checksums are the sha256 of their state dicts, so their statistics never mix with real ones.
     """
     if name == REAL_NAME:
         enc, probe = _paths(path, probe_path)
         sums = {ENCODER_WEIGHTS: file_sha256(enc), PROBE_WEIGHTS: file_sha256(probe)}
-        return VJEPAExtractor(load_vjepa(enc, probe), preprocessing, name=name,
+        return VJEPAExtractor(load_vjepa(enc, probe, config), preprocessing, name=name,
                               checksum=combined_checksum(*sums.values()), device=device, dtype=dtype,
                               batch_size=batch_size, weights_path=f"{enc};{probe}", file_checksums=sums)
     if name in ("vjepa-random", "vjepa-random-tiny"):
@@ -408,8 +408,3 @@ def make_vjepa_extractor(name: str, preprocessing: Preprocessing, *, path: str |
                               dtype=dtype, batch_size=batch_size)
     raise ValueError(f"unknown V-JEPA extractor {name!r}; allowed {EXTRACTOR_NAMES}")
 
-
-def describe_net(net: Any) -> str:
-    c = net.config
-    return (f"V-JEPA ViT (width {c.embed_dim}, depth {c.depth}, {c.num_heads} heads, patch {c.patch_size}, "
-            f"tubelet {c.tubelet_size}) + SSv2 attentive-probe pooler")
