@@ -92,6 +92,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "latency*": Tolerance(rel=0.10),
     "calibration_time*": Tolerance(rel=0.10),
     "*cpu_time*": Tolerance(rel=0.10),
+    "throughput/*": Tolerance(rel=0.10),
     "peak_memory*": Tolerance(rel=0.05),
     "fvd*": Tolerance(rel=0.05),
     "clipsim*": Tolerance(abs=0.002),
