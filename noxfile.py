@@ -12,7 +12,7 @@ nox is the one that runs the work (``shared/reference/dependencies.md`` §8).
                             results/reference/<device-slug>/regress.csv; exit 1 on a failing verdict
     nox -s accept_reference promote a suite run (-- RUN_ID ..., default the newest) to that reference
     nox -s gpu_check        Table 9 at the paper setting + I3D/CLIP throughput on a CUDA device, with records
-                            (installs carried wheels from .gpu_wheels/ first; `-- --device cpu --tiny` rehearses)
+                            (uses the wheels carried in .gpu_wheels/; `-- --device cpu --tiny` rehearses)
     nox -s benchmark        pytest-benchmark timings in benchmarks/, saved and compared with the last saved run
 """
 
@@ -99,18 +99,12 @@ def accept_reference(session: nox.Session) -> None:
 @nox.session
 def gpu_check(session: nox.Session) -> None:
     """Table 9 at the paper setting (CMD, ModelScope, LVDM; fp16; batch 1 and 4) and I3D/CLIP throughput on
-    2,048 clips, measured beside predicted memory and time (cmdbench/bench/gpu_check.py). On a machine without
-    the project's dependencies: ``pip install --no-deps -e .`` and the wheels carried in ``.gpu_wheels/``
-    (see the module docstring for fetching them) are installed first. Args after -- go to the script."""
+    2,048 clips, measured beside predicted memory and time (cmdbench/bench/gpu_check.py; its docstring says
+    how to fetch the wheels a machine without a package index needs into .gpu_wheels/). Args after -- go
+    to the script; ``-- --device cpu --tiny`` rehearses on a CPU."""
     session.env.setdefault("HF_HUB_OFFLINE", "1")
-    wheels = sorted((ROOT / ".gpu_wheels").glob("*.whl"))
-    if wheels:
-        session.run(PY, "-m", "pip", "install", "--no-deps", "--no-index", *map(str, wheels), external=True)
-    # Without a package index the editable install needs setuptools>=77 present (carry its wheel); when it
-    # cannot be built the check still runs from the checkout (``python -m`` puts the root on sys.path).
-    session.run(PY, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", str(ROOT), external=True,
-                success_codes=[0, 1])
-    session.run(PY, "-m", "cmdbench.bench.gpu_check", *session.posargs, external=True)
+    wheels = ["--wheels", str(ROOT / ".gpu_wheels")] if any((ROOT / ".gpu_wheels").glob("*.whl")) else []
+    session.run(PY, "-m", "cmdbench.bench.gpu_check", *wheels, *session.posargs, external=True)
 
 
 @nox.session

@@ -23,16 +23,22 @@ s/video, ``peak_memory`` in GiB with protocol ``cuda-allocated``; ``predicted_pe
 Planned time on one H100/H200: about 6 minutes (ModelScope and LVDM at batch 4 dominate); ``--budget-s``
 (default 480) skips the steps that would start after it.
 
-**The GPU machine** has its own Python (torch, transformers, accelerate) and no package index: the nox
-session installs the project with ``pip install --no-deps -e .`` and the pure-Python wheels carried in
-``.gpu_wheels/`` (kept out of git). Fetch them here, before the run, with::
+**The GPU machine** has its own Python (torch, transformers, accelerate) and no package index. The
+check runs from the checkout (``python -m`` puts it on ``sys.path``; no install needed) and installs the
+pure-Python wheels it carries into ``<wheels>/site`` (``pip install --no-deps --no-index --target``, put
+first on ``sys.path``; the machine's own packages are not touched). Fetch them here, before the run, into
+``.gpu_wheels/`` (kept out of git; carried with the run)::
 
-    pip download --no-deps -d .gpu_wheels diffusers==0.42.1 einops==0.8.2 clip-anytorch==2.6.0 \\
-        ftfy==6.3.1 wcwidth==0.7.0 setuptools==81.0.0
+    pip download --no-deps -d .gpu_wheels diffusers==0.42.1 einops==0.8.2 clip-anytorch==2.6.0 \
+        ftfy==6.3.1 wcwidth==0.7.0
 
-(about 9 MB; ``setuptools`` lets the editable install build offline). ``clip-anytorch`` imports
-``torchvision`` and ``PIL`` at import time, which are binary wheels: the preflight says whether the machine
-has them. The text generators need ``clip`` for their random-weight tokenizer.
+(7.6 MB) and run, on the GPU machine, from the repository root::
+
+    python -m cmdbench.bench.gpu_check --wheels .gpu_wheels --records "$OUT/records"
+
+``clip-anytorch`` imports ``torchvision`` and ``PIL`` at import time, binary wheels that cannot be carried
+for an unknown interpreter: the preflight says whether the machine has them (the text generators need
+``clip`` for their random-weight tokenizer; without it those steps fail, recorded, and the rest runs).
 
 **Rehearsal** on a CPU with the same script and code path: ``python -m cmdbench.bench.gpu_check --device
 cpu --tiny`` (the miniatures at their own settings, float32, batch 1 and 2, 8 clips), run by
@@ -408,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default=None, help="default 1,4 (tiny: 1,2)")
     p.add_argument("--clips", type=int, default=None, help="clips for the I3D/CLIP throughput (default 2048; tiny 8)")
     p.add_argument("--budget-s", type=float, default=480.0, help="skip steps that would start after this")
+    p.add_argument("--wheels", type=Path, default=None,
+                   help="install the *.whl in this folder into <folder>/site first (no index, no deps)")
     p.add_argument("--gpu-spec", default=None,
                    help="roofline spec for predicted time (default: the device's, e.g. H100-SXM; on a CPU A100-40GB)")
     args = p.parse_args(list(argv) if argv is not None else None)
@@ -421,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     clips = args.clips or (8 if args.tiny else 2048)
     names = [g.strip() for g in args.generators.split(",") if g.strip()]
     check = Check(budget_s=args.budget_s)
+    if args.wheels is not None:
+        check.run(f"install wheels from {args.wheels}", lambda: install_wheels(args.wheels))
     info = preflight(args.device)
     print(json.dumps(info, indent=1))
 
@@ -446,6 +456,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in failed:
         print(f"  {s.status}: {s.name}: {s.error}")
     return 1 if failed else 0
+
+
+def install_wheels(folder: Path) -> list[str]:
+    """``pip install --no-deps --no-index --target <folder>/site <folder>/*.whl`` and put that folder first on
+    ``sys.path`` (this process and the children it starts); returns the wheel names."""
+    import os
+    import subprocess
+
+    wheels = sorted(Path(folder).glob("*.whl"))
+    if not wheels:
+        raise FileNotFoundError(f"no *.whl in {folder}; fetch them with the `pip download` line in "
+                                "cmdbench/bench/gpu_check.py's docstring")
+    site = Path(folder).resolve() / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--upgrade", "--target",
+                    str(site), *map(str, wheels)], check=True)
+    sys.path.insert(0, str(site))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    importlib.invalidate_caches()
+    return [w.name for w in wheels]
 
 
 def _load(names: Sequence[str]) -> None:

@@ -77,3 +77,28 @@ def test_no_cuda_is_a_clear_error(capsys):
         pytest.skip("a CUDA device is present")
     assert gpu_check.main(["--device", "cuda"]) == 2
     assert "--device cpu --tiny" in capsys.readouterr().err
+
+
+def test_carried_wheels_are_installed_into_their_own_folder_and_importable(tmp_path, monkeypatch):
+    """A minimal pure-Python wheel, installed offline with --target and imported from there."""
+    import importlib
+    import zipfile
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    name = "cmdbench_gpu_check_probe"
+    files = {f"{name}/__init__.py": "VALUE = 7\n",
+             f"{name}-0.1.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+             f"{name}-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                           "Tag: py3-none-any\n"}
+    files[f"{name}-0.1.dist-info/RECORD"] = "".join(f"{k},,\n" for k in files) + f"{name}-0.1.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheels / f"{name}-0.1-py3-none-any.whl", "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    assert gpu_check.install_wheels(wheels) == [f"{name}-0.1-py3-none-any.whl"]
+    assert importlib.import_module(name).VALUE == 7
+    assert (wheels / "site" / name / "__init__.py").is_file() and str(wheels / "site") in os.environ["PYTHONPATH"]
+    with pytest.raises(FileNotFoundError, match="no \\*.whl"):
+        gpu_check.install_wheels(tmp_path)
