@@ -131,9 +131,15 @@ def compute_reference(
 
     dataset = open_real_dataset("folder", root, protocol, policy=policy)
     note = None
-    if protocol.num_real and dataset.report.usable < protocol.num_real and all_if_fewer:
-        note = (f"--real {root} has {dataset.report.usable} usable videos, fewer than the {protocol.num_real} real "
-                f"clips the protocol takes: using one clip of each (not conformant)")
+    usable = dataset.report.usable
+    if protocol.num_real and usable < protocol.num_real:
+        if not all_if_fewer:
+            raise ValueError(
+                f"--real {root} has {usable} usable videos ({dataset.report.summary()}); the protocol takes "
+                f"{protocol.num_real} real clips, one per video. Pass --non-strict to use one clip of each of the "
+                f"{usable} (marked not conformant), or --num-real N for a smaller set (0 = all videos)")
+        note = (f"--real {root} has {usable} usable videos, fewer than the {protocol.num_real} real clips the "
+                "protocol takes: using one clip of each (not conformant)")
         protocol = replace(protocol, num_real=0)
         dataset = open_real_dataset("folder", root, protocol, policy=policy)
     bar = progress_bar(total=len(dataset), desc="real clips", enabled=progress)

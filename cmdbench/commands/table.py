@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 EPILOG = """examples:
@@ -51,12 +52,57 @@ def filter_records(df, *, metrics=None, generators=None, source=None):
     return df
 
 
+NOT_CONFORMANT = re.compile(r"not conformant \(([^;)]*)")
+
+
+def mark_caveats(df):
+    """Metric labels carry what makes a value incomparable, so it never shares a column with comparable ones:
+    ``fvd2048_16f (not conformant: 47 real / 47 fake)`` for FVD at other sample counts than its protocol's
+    (``cmdbench evaluate --non-strict`` writes it in the row's protocol), ``(random weights)`` for values of
+    the offline stand-ins (``"random_weights": true`` in the row's notes)."""
+    import json
+
+    labels = []
+    for metric, protocol, notes in zip(df["metric"], df["protocol"], df["notes"], strict=True):
+        label = str(metric)
+        m = NOT_CONFORMANT.search(str(protocol)) if isinstance(protocol, str) else None
+        if m:
+            label += f" (not conformant: {m.group(1).strip()})"
+        if isinstance(notes, str) and "{" in notes:
+            try:
+                extra = json.loads(notes[notes.index("{"):])
+            except ValueError:
+                extra = {}
+            if isinstance(extra, dict) and extra.get("random_weights"):
+                label += " (random weights)"
+        labels.append(label)
+    return df.assign(metric=labels)
+
+
+def check_one_value_per_cell(df, index: list[str], columns: list[str]) -> None:
+    """Several records in one table cell are an error naming the flags that resolve it (a metric's unit is
+    part of its column, as the table labels it)."""
+    keys = [*index, *columns]
+    unknown = [k for k in keys if k not in df.columns]
+    if unknown:
+        raise ValueError(f"--index/--columns {unknown} are not record columns; allowed {list(df.columns)}")
+    if "metric" in keys and "unit" not in keys and "unit" in df.columns:
+        keys.append("unit")
+    dup = df.duplicated(subset=keys, keep=False)
+    if dup.any():
+        example = {k: df.loc[dup, k].iloc[0] for k in keys}
+        raise ValueError(
+            f"{int(dup.sum())} records share a table cell, e.g. {example}: pass --aggfunc median|mean|min|max|first|"
+            "last to combine them, keep fewer rows with --metric/--generator/--source, or tell them apart with "
+            "--index/--columns (e.g. --index generator --index run_id)")
+
+
 def run(args: argparse.Namespace) -> int:
     from cmdbench.bench.results import load_records
     from cmdbench.bench.tables import paper_vs_measured, pivot, to_latex, to_markdown, write_table
 
-    df = filter_records(load_records(*args.records), metrics=args.metrics, generators=args.generators,
-                        source=args.source)
+    df = mark_caveats(filter_records(load_records(*args.records), metrics=args.metrics, generators=args.generators,
+                                     source=args.source))
     if args.paper_vs_measured:
         mapping = {}
         for item in args.map:
@@ -66,7 +112,10 @@ def run(args: argparse.Namespace) -> int:
             mapping[measured] = paper
         table = paper_vs_measured(df, generator_map=mapping)
     else:
-        table = pivot(df, args.index or ["generator"], args.columns or ["metric"], args.values, aggfunc=args.aggfunc)
+        index, columns = args.index or ["generator"], args.columns or ["metric"]
+        if args.aggfunc is None:
+            check_one_value_per_cell(df, index, columns)
+        table = pivot(df, index, columns, args.values, aggfunc=args.aggfunc)
     if args.out:
         for path in write_table(table, args.out, digits=args.digits):
             print(f"wrote {path}")

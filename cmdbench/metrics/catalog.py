@@ -6,7 +6,7 @@ import inspect
 from functools import partial
 
 from cmdbench.metrics.clipsim import CLIPSIM
-from cmdbench.metrics.fvd import FVD, PRESETS, PROTOCOL_METRICS
+from cmdbench.metrics.fvd import DEFAULT_PRESET, FVD, PRESETS, PROTOCOL_METRICS
 from cmdbench.metrics.jedi import jedi
 from cmdbench.metrics.kvd import kvd
 from cmdbench.metrics.videomae import fvd_videomae
@@ -15,7 +15,8 @@ from cmdbench.registry import METRICS
 METRICS.register(
     "clipsim",
     CLIPSIM,
-    description="CLIP ViT-B/32 frame-prompt cosine, mean over frames then videos (raw cosine, higher is better)",
+    description="CLIP ViT-B/32 frame-prompt cosine, mean over frames then videos (raw cosine, higher is better; "
+                "offline stand-in: --clip-weights clip-random-tiny)",
 )
 
 # --- FVD ------------------------------------------------------------------------------------------------
@@ -25,8 +26,9 @@ METRICS.register(
 FVD_OPTIONS = tuple(sorted({*inspect.signature(FVD).parameters, "ref_stats"} - {"metric"}))
 
 
-def _fvd(metric: str | None = None, preset: str = "stylegan-v", **options):
-    """FVD factory: ``protocol=`` picks the preset (default ``stylegan-v``); other options go to FVD."""
+def _fvd(metric: str | None = None, preset: str = DEFAULT_PRESET, **options):
+    """FVD factory: option ``protocol`` picks the preset (default :data:`~cmdbench.metrics.fvd.DEFAULT_PRESET`,
+    ``videogpt``); other options go to FVD."""
     unknown = sorted(set(options) - set(FVD_OPTIONS))
     if unknown:
         raise ValueError(f"unknown FVD option(s) {unknown}; allowed {list(FVD_OPTIONS)}")
@@ -37,7 +39,7 @@ def _fvd(metric: str | None = None, preset: str = "stylegan-v", **options):
     return FVD(options.pop("protocol", preset), metric=metric, **options)
 
 
-def _fvd_factory(metric: str | None, preset: str = "stylegan-v") -> partial:
+def _fvd_factory(metric: str | None, preset: str = DEFAULT_PRESET) -> partial:
     factory = partial(_fvd, metric, preset)
     factory.options = FVD_OPTIONS  # what the bench runner checks --metric-option keys against
     return factory
@@ -48,7 +50,7 @@ for _name, (_real, _fake, _frames, _stride) in PROTOCOL_METRICS.items():
         _name,
         _fvd_factory(_name),
         description=f"FVD, {_real or 'all'} real / {_fake} fake clips of {_frames} frames at stride {_stride} "
-        "(preset via protocol=, default stylegan-v; lower is better)",
+        f"(preset: --protocol, default {DEFAULT_PRESET}; lower is better)",
     )
 for _preset in PRESETS:
     METRICS.register(

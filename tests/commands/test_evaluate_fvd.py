@@ -62,7 +62,8 @@ def test_ref_stats_then_evaluate_folder(tmp_path, capsys):
     df = load_records(records)
     assert len(df) == 1
     row = df.iloc[0]
-    assert row["metric"] == "fvd2048_16f" and row["protocol"] == "tats" and row["n"] == 2
+    assert row["metric"] == "fvd2048_16f" and row["n"] == 2
+    assert row["protocol"] == "tats; not conformant (2 real / 2 fake; the protocol takes 2048 / 2048)"
     assert row["value"] > 0 and '"n_real": 2' in row["notes"] and '"conformant": false' in row["notes"]
 
 
@@ -77,15 +78,17 @@ def test_evaluate_refuses_stats_of_another_protocol(tmp_path, capsys):
     fake = make_folder(tmp_path / "fake", 1, seed=1)
     rc = run_cli(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", "--extractor", "i3d-random-tiny",
                "--protocol", "videogpt", "--ref-stats", str(tmp_path / "tats.npz"), "--records", str(tmp_path / "r")])
-    assert rc == 2
+    assert rc == 1  # the metric fails (alone), named with its reason
     err = capsys.readouterr().err
-    assert "Refusing to compare" in err and "resize" in err
+    assert "was built under preset 'tats'" in err and "resize: 'whole' in the file, 'short_side_crop' here " \
+        "(from --protocol)" in err
+    assert "differs from 'videogpt'" not in err
 
 
 def test_evaluate_needs_reference(tmp_path, capsys):
     fake = make_folder(tmp_path / "fake", 1, seed=1)
     rc = run_cli(["evaluate", "--videos", str(fake), "--metric", "fvd2048_16f", *TINY, "--records", str(tmp_path / "r")])
-    assert rc == 2 and "--ref-stats" in capsys.readouterr().err
+    assert rc == 1 and "needs real statistics: pass --ref-stats FILE or --real DIR" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -120,7 +123,7 @@ def test_rows_and_printed_lines_name_preset_weights_estimator_and_storage(tmp_pa
                   str(tmp_path / "ref.npz"), "--records", str(records), "--non-strict", "--allow-singular"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "fvd2048_16f [tats: i3d-random-tiny sha256:" in out and "unbiased (n-1) covariance" in out
+    assert "fvd2048_16f = " in out and "[tats: i3d-random-tiny sha256:" in out and "unbiased (n-1) covariance" in out
     assert "videos: mp4 libx264 crf=18 yuv420p" in out
     notes = load_records(records).iloc[0]["notes"]
     assert '"storage": "mp4 libx264 crf=18 yuv420p"' in notes and '"estimator": "unbiased (n-1)"' in notes
@@ -147,9 +150,9 @@ def test_through_codec_makes_the_generator_path_equal_to_sample_then_evaluate(tm
     assert main(["sample", "tiny-unet3d-class", "--tiny", "--seeds", "0-2", "--frames", "16",
                  "--out", str(tmp_path / "samples")]) == 0
     values = {}
-    # (sample also writes grid.png beside the videos: skipped, and named, under --policy skip)
+    # (sample writes its grid beside the folder, so the folder is scored as it is under the strict policy)
     for name, argv in (("memory", gen), ("codec", [*gen, "--through-codec"]),
-                       ("files", ["--videos", str(tmp_path / "samples"), "--policy", "skip"])):
+                       ("files", ["--videos", str(tmp_path / "samples")])):
         assert run_cli(["evaluate", *argv, *common, "--records", str(tmp_path / name)]) == 0
         row = load_records(tmp_path / name).iloc[0]
         values[name] = (row["value"], row["notes"])
