@@ -107,6 +107,15 @@ def test_ssim_matches_an_independent_float64_implementation():
     assert got.min() > 0.05 and got.max() < 0.95  # a non-trivial regime
 
 
+def test_ssim_does_not_depend_on_how_frames_are_chunked(monkeypatch):
+    from cmdbench.metrics import reconstruction
+
+    rec, ref = random_pair(12)
+    whole = ssim_per_frame(rec, ref)
+    monkeypatch.setattr(reconstruction, "SSIM_PIXELS_PER_CALL", 3 * 24 * 20 * 2)  # 2 of the 6 frames per step
+    assert torch.equal(ssim_per_frame(rec, ref), whole)
+
+
 def test_ssim_matches_scikit_image():
     metrics = pytest.importorskip("skimage.metrics")
     rec, ref = random_pair(3, shape=(1, 2, 3, 32, 27))
