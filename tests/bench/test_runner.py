@@ -308,3 +308,28 @@ def test_plugin_generators_record_package_version_and_git_sha(records_dir, tmp_p
     df = run_bench(config(generator="myplug-test", seeds="0", metrics=()), records_dir, run_id="p", progress=False)
     assert all("plugin myplug 1.2.0 (git c0ffee" in n for n in df["notes"])
     assert json.loads((records_dir / "p.json").read_text())["plugin"]["package"] == "myplug"
+
+
+class ReferencedLevel(MeanLevel):
+    """Test metric whose value is computed against a reference set named in ``extra`` (as FVD's is)."""
+
+    name = "test-referenced-level"
+    reference_key = "real-a"
+
+    def compute(self) -> MetricValue:
+        mv = super().compute()
+        return MetricValue(self.name, mv.value, unit="level", n=mv.n, protocol="test",
+                           extra={"reference_key": ReferencedLevel.reference_key, "extractor_checksum": "e1"})
+
+
+if ReferencedLevel.name not in METRICS:
+    METRICS.register(ReferencedLevel.name, ReferencedLevel, description="test metric")
+
+
+def test_rows_against_another_reference_set_do_not_pair(records_dir, monkeypatch):
+    cfg = config(seeds="0-1", metrics=("test-referenced-level",), trackers=())
+    a = run_bench(cfg, records_dir, run_id="a", progress=False)
+    monkeypatch.setattr(ReferencedLevel, "reference_key", "real-b")
+    b = run_bench(cfg, records_dir, run_id="b", progress=False)
+    assert a["value"].iloc[0] == b["value"].iloc[0]  # same videos, same number ...
+    assert a["config_hash"].iloc[0] != b["config_hash"].iloc[0]  # ... but not comparable: other real set
