@@ -83,7 +83,7 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
     return parser
 
 
-def _is_user_error(err: BaseException) -> bool:
+def is_user_error(err: BaseException) -> bool:
     """Errors written to be read (bad input, missing files, unavailable devices or weights): printed in one
     line without a traceback. Anything else is a bug and keeps its traceback."""
     if isinstance(err, (ValueError, FileNotFoundError, PermissionError)):
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if not _is_user_error(err):
+        if not is_user_error(err):
             raise
         print(f"cmdbench {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -474,7 +474,9 @@ def resume_meta(writer: Any, source: dict[str, Any]) -> dict[str, Any]:
 
 def fail(name: str, err: BaseException, failures: dict[str, str], metrics: dict[str, Any] | None = None) -> None:
     """Record a metric's failure (one line, no traceback for our own errors) and drop it from the run."""
-    failures[name] = f"{type(err).__name__}: {err}" if not isinstance(err, (ValueError, MetricFailure)) else str(err)
+    from cmdbench.cli import is_user_error
+
+    failures[name] = str(err) if is_user_error(err) or isinstance(err, MetricFailure) else f"{type(err).__name__}: {err}"
     print(f"{name}: cannot be computed: {failures[name]} (the other metrics go on)", file=sys.stderr)
     if metrics is not None:
         metrics.pop(name, None)
