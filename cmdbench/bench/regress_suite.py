@@ -386,7 +386,10 @@ def run_suite(records: str | Path = RECORDS, *, rounds: int = DEFAULT_ROUNDS, in
         full["config_hash"] = config_hash(full, environment, context={"tiny": tiny, "suite": SUITE})
         rows.append(make_row(**full))
 
-    timing = f"{rounds} rounds, each the best of {inner} calls; {THREADS} thread(s)"
+    # The protocol (part of the identity) names what changes a value's meaning: the clock, best-of-k, the
+    # threads. The round count only changes how sure the gate can be, so it is in the notes, not the identity.
+    timing = f"best of {inner} call(s) per round; {THREADS} thread(s)"
+    rounds_note = f"{rounds} interleaved rounds"
     underpowered: dict[str, int] = {}
     spreads: dict[str, float] = {}
 
@@ -400,7 +403,7 @@ def run_suite(records: str | Path = RECORDS, *, rounds: int = DEFAULT_ROUNDS, in
         clock = "process_time (CPU)" if "cpu_time" in metric else "perf_counter (wall)"
         add(dict(metric=metric, value=med, std=statistics.stdev(values) if len(values) > 1 else None,
                  n=len(values), values=values, unit=unit, higher_is_better=False, protocol=f"{clock}; {timing}",
-                 notes=notes, **fields), env, tiny=bool(fig.generator))
+                 notes=f"{notes}; {rounds_note}", **fields), env, tiny=bool(fig.generator))
 
     def both(fig: Timed, wall_metric: str, cpu_metric: str, pick: Callable[[Sample, bool], float], unit: str,
              notes: str, **fields: Any) -> None:
