@@ -7,9 +7,10 @@ What it measures (one run, one record file ``results/regress/regress-<stamp>.csv
   sampling of **every registered generator** at its miniature defaults, batch 1 (``sampling_time``,
   ``stage_time/<stage>``, ``time_per_step``; names and units as ``cmdbench bench`` writes them); the metric
   kernels: the Fréchet distance at D = 400 (I3D's logit width), a tiny I3D forward and a tiny CLIP forward
-  (``kernel_time/<kernel>``). Each round's value of a figure is the fastest of :data:`INNER` back-to-back
-  calls -- the Python ``timeit`` rule: the lowest of a few calls is the one least disturbed by other
-  processes, and on a shared machine the disturbances only ever add time. ``values`` keeps every round.
+  (``kernel_time/<kernel>``). ``values`` keeps every round. ``--inner k`` makes each round's value the
+  fastest of k back-to-back calls (the Python ``timeit`` rule: the lowest of a few calls is the one least
+  disturbed by other processes); the default is one call per round, since the CPU-time figures below are
+  barely disturbed and more independent rounds tighten the gate's interval more than best-of-k does.
   Every timed figure is recorded twice: wall clock under the shared names (``sampling_time`` ...: what a
   user waits) and the process's **CPU time** under its own names (``sampling_cpu_time``,
   ``stage_cpu_time/<stage>``, ``cpu_time_per_step``, ``kernel_cpu_time/<kernel>``, ``calibration_cpu_time``;
