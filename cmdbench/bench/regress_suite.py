@@ -26,16 +26,18 @@ What it measures (one run, one record file ``results/regress/regress-<stamp>.csv
 
 How many rounds: the gate's 99% bootstrap interval of a ratio of medians from ``n`` rounds per side with
 relative spread ``cv`` has a half-width of about ``2.58 * sqrt(2) * 1.25 * cv / sqrt(n)``; resolving a 10%
-change needs that below 0.10, so ``n >= (45.6 cv)^2`` (:func:`rounds_needed`). The spread measured on the
-project machine (2 shared cores; numbers in the run's JSON and the report) sets :data:`DEFAULT_ROUNDS`;
-a figure whose own spread needs more rounds is named in the run's JSON (``underpowered``).
+change needs that below 0.10, so ``n >= (45.6 cv)^2`` (:func:`rounds_needed`). On the project machine (2
+shared cores, load 6-8) the CPU-time spread of the generators' whole calls and denoisers was 2-6%, of the
+kernels 2-3%, which 15 rounds resolve (up to 8.5%): :data:`DEFAULT_ROUNDS`. Stages of a few milliseconds
+(text encoders, tiny decoders) spread 10-60% and the wall clock 15-25% there; the run's JSON names every
+figure whose spread needs more rounds (``underpowered``), and the gate calls their changes not separated.
 
 **Test-only knob** ``CMDBENCH_TEST_SLOWDOWN="GENERATOR[/STAGE]:FACTOR"`` (e.g. ``tiny-unet3d:1.2``;
 stage default ``denoiser``): this suite's timing wrapper stretches that stage of that generator by
 busy-waiting ``(FACTOR - 1)`` times the stage's own CPU time before the stage ends -- extra work, so the
-stage's CPU time grows by that factor and its wall time by about as much. It exists to prove the gate flags a deliberate slowdown; it
-is honoured only here (never by ``cmdbench bench`` or the reproductions) and recorded in the run's JSON
-and in the slowed rows' notes.
+stage's CPU time grows by that factor and its wall time by about as much. It exists to prove the gate
+flags a deliberate slowdown; it is honoured only here (never by ``cmdbench bench`` or the reproductions)
+and recorded in the run's JSON and in the slowed rows' notes.
 """
 
 from __future__ import annotations
