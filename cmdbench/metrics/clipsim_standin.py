@@ -28,13 +28,12 @@ def build_random_tiny_clip(*, seed: int = 0, device: str | torch.device = "cpu")
     from cmdbench.metrics.i3d import state_dict_sha256
 
     clip = _import_clip()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory(prefix="cmdbench-clip-") as tmp:
         torch.manual_seed(seed)
         model = clip.model.CLIP(*TINY_CLIP_ARGS)
-    digest = state_dict_sha256(model)
-    with tempfile.TemporaryDirectory(prefix="cmdbench-clip-") as tmp:
+        digest = state_dict_sha256(model)
         path = Path(tmp) / f"{STANDIN_NAME}.pt"
         torch.save(model.state_dict(), path)
-        loaded = load_clip(path, device=device)  # clip.load: the loading path of real weights
+        loaded = load_clip(path, device=device)  # clip.load (it builds a CLIP too: inside the forked RNG)
     return LoadedCLIP(loaded.model, loaded.preprocess, STANDIN_NAME, f"(built locally: {STANDIN_NAME}, seed {seed})",
                       digest, random_weights=True)

@@ -55,7 +55,13 @@ import torch
 
 from cmdbench.config import EvalProtocol, stable_hash
 from cmdbench.interfaces import MetricValue
-from cmdbench.metrics.frechet import FeatureStats, InsufficientSamplesError, bootstrap_fd, stats_frechet
+from cmdbench.metrics.frechet import (
+    FeatureStats,
+    GaussianStats,
+    InsufficientSamplesError,
+    bootstrap_fd,
+    stats_frechet,
+)
 from cmdbench.metrics.i3d import FeatureExtractor, make_extractor
 from cmdbench.metrics.preprocess import Preprocessing, select_frames
 from cmdbench.metrics.reference import check_compatible, extractor_numerics, stats_metadata
@@ -246,10 +252,12 @@ class FVD:
         self.fake = self.new_stats("fake")
         self.real_accum: FeatureStats | None = None
 
-    def set_reference(self, reference: FeatureStats | str | Path) -> None:
-        """Use precomputed real statistics; they must come from the same protocol and extractor."""
-        stats = reference if isinstance(reference, FeatureStats) else FeatureStats.load(reference)
-        where = "reference statistics" if isinstance(reference, FeatureStats) else f"reference statistics {reference}"
+    def set_reference(self, reference: FeatureStats | GaussianStats | str | Path) -> None:
+        """Use precomputed real statistics (a :class:`FeatureStats`, a (mu, sigma) :class:`GaussianStats`, or an
+        ``.npz`` path from ``cmdbench ref-stats``); they must come from the same protocol and extractor."""
+        from_file = isinstance(reference, (str, Path))
+        stats = FeatureStats.load(reference) if from_file else reference
+        where = f"reference statistics {reference}" if from_file else "reference statistics"
         check_compatible(stats, self.protocol, self.extractor.checksum, numerics=self.numerics, where=where,
                          check_count=self.strict)
         self.reference = stats

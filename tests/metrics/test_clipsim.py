@@ -246,3 +246,40 @@ def test_real_vit_b32_if_present():
     assert red_score > green_score
     result = metric.compute()
     assert result.extra["weights_verified"] is True and 0 < result.value < 1
+
+
+# --- the offline stand-in (clip-random-tiny) ----------------------------------------------------------------
+def test_stand_in_equals_clip_load_of_the_same_random_tiny_clip(tmp_path, videos):
+    """CLIPSIM(weights="clip-random-tiny") is CLIPSIM of clip-anytorch's CLIP at the documented tiny widths,
+    seeded, saved and loaded by clip.load: the independent computation on that file gives the same value."""
+    from cmdbench.metrics.clipsim_standin import STANDIN_NAME, TINY_CLIP_ARGS
+
+    rng_before = torch.random.get_rng_state()
+    metric = CLIPSIM(STANDIN_NAME)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # the caller's RNG is left alone
+    metric.update(videos, PROMPTS)
+    result = metric.compute()
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.save(CLIP(*TINY_CLIP_ARGS).state_dict(), path)
+    expected, _ = independent_clipsim(path, videos, PROMPTS)
+    assert result.value == pytest.approx(expected, abs=2e-6)
+    assert TINY_CLIP_ARGS == (64, 224, 2, 64, 32, 77, 49408, 64, 1, 2)  # reference/dependencies.md section 5
+
+
+def test_stand_in_is_labelled_random_everywhere(videos):
+    metric = CLIPSIM("clip-random-tiny")
+    metric.update(videos, PROMPTS)
+    result = metric.compute()
+    assert result.protocol == "clip-random-tiny/every-frame/clip-preprocess"
+    assert result.extra["random_weights"] is True and "means nothing" in result.extra["stand_in"]
+    assert result.extra["weights_verified"] is False and result.extra["model"] == "clip-random-tiny"
+    again = CLIPSIM("clip-random-tiny")
+    again.update(videos, PROMPTS)
+    assert again.compute().value == result.value and again.compute().extra["weights_sha256"] == \
+        result.extra["weights_sha256"]
+
+
+def test_missing_clip_file_names_the_stand_in(tmp_path):
+    with pytest.raises(weights.MissingWeightsError, match="offline stand-in 'clip-random-tiny'"):
+        load_clip(tmp_path / "nope.pt")
