@@ -34,6 +34,7 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from cmdbench.cmd.autoencoder import CMDAutoencoder
+from cmdbench.cmd.latents import autoencoder_digest
 from cmdbench.cmd.pipeline import CMDPipeline
 from cmdbench.cmd.presets import PRESETS, SCHEDULES, build_pipeline, check_pipeline_matches, miniature
 from cmdbench.cmd.training import (
@@ -42,7 +43,6 @@ from cmdbench.cmd.training import (
     TrainConfig,
     frozen_digests,
     read_train_config,
-    weights_digest,
 )
 
 ASSEMBLY_FILE = "cmdbench_assembly.json"
@@ -139,7 +139,7 @@ def _pick_autoencoder(ae: StageRun, content: StageRun, motion: StageRun) -> tupl
 
 def _load_checked(cls, folder: Path, digest: str, what: str):
     model = cls.from_pretrained(folder, local_files_only=True)
-    if weights_digest(model) != digest:
+    if autoencoder_digest(model) != digest:
         raise AssemblyError(f"{what} in {folder} does not match the digest recorded at the end of training "
                             "(the folder was changed afterwards)")
     return model

@@ -131,15 +131,31 @@ def encode_clips(videos: torch.Tensor, autoencoder, vae, generators: Sequence[to
 # --- Identity of a store --------------------------------------------------------------------------------
 
 
+# Config entries that describe how a module was saved or loaded, not what it computes: transformers writes
+# them on save/load (the weights' dtypes are hashed with the weights anyway).
+VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "architectures", "dtype", "torch_dtype"})
+
+
+def _public_config(module: torch.nn.Module) -> dict[str, Any] | None:
+    """A module's config as a plain dict without private ``_`` keys (they hold the folder it was loaded
+    from) and :data:`VOLATILE_CONFIG_KEYS`: diffusers' ``FrozenDict`` or transformers' ``PretrainedConfig``
+    (through its ``to_dict()``)."""
+    config = getattr(module, "config", None)
+    if config is None:
+        return None
+    items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {k: v for k, v in items.items() if not k.startswith("_") and k not in VOLATILE_CONFIG_KEYS}
+
+
 def autoencoder_digest(module: torch.nn.Module) -> str:
     """sha256 of a module's weights (every state-dict entry's name, dtype, shape and bytes, in name order)
-    and of its diffusers config without private ``_`` keys (those hold the folder it was loaded from).
-    Two folders with the same weights give the same digest; any changed weight changes it."""
+    and of its config (diffusers or transformers, see :func:`_public_config`). Two folders with the same
+    weights give the same digest; any changed weight or config value changes it. The one weight digest of
+    cmdbench's training records, latent-store keys and assembly checks (any frozen or trained module)."""
     h = hashlib.sha256(type(module).__name__.encode())
-    config = getattr(module, "config", None)
+    config = _public_config(module)
     if config is not None:
-        public = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-        h.update(json.dumps(public, sort_keys=True, default=str).encode())
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         if tensor.device.type == "meta":
             raise ValueError(f"cannot hash {type(module).__name__}: {name} is on the meta device (no weights)")

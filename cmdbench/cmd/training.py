@@ -32,11 +32,21 @@ Data. The loop consumes an iterator of batches, made for the resumed micro-step 
 ``source(start_step=, rank=, world_size=, batch_size=) -> Iterable[batch]`` (e.g. a DataLoader):
 - pixel batches with ``videos`` (uint8 ``(B, T, 3, H, W)``), ``conditions``, ``ids`` and ``replaced`` (the
   clips that failed to decode and were replaced, ``cmdbench.data.policy.SkippedItem``), e.g. the training
-  clip loader of ``cmdbench.data``; or
+  clip loader of ``cmdbench.data.train_clips`` (``cmdbench train`` uses it); or
 - latent batches with ``content`` ``(B, C, h, w)``, ``motion`` ``(B, D, L, W_m)`` and ``conditions``.
 An in-memory ``Sequence`` of items (``(video, condition)`` pairs, or ``ClipItem`` / ``SkippedClip`` of a
-``ClipDataset``) is wrapped by :func:`sequence_batches` (or, with ``precompute_latents``, a
-:class:`LatentCache`). Every replaced clip is logged and appended to ``<output_dir>/skipped.jsonl``.
+``ClipDataset``) is wrapped by :class:`SequenceSource`. Every replaced clip is logged and appended to
+``<output_dir>/skipped.jsonl``.
+
+Precomputed latents (``precompute_latents``, diffusion stages): before step 0 every process encodes its
+share of one epoch of the pixel source (``len(source)`` clips; ``clips_per_video`` windows per video) into
+the sharded fp16 WebDataset store of :mod:`cmdbench.data.latent_store`, all processes in parallel, each
+resuming its own part after a kill; then each polls until every part is finished (``wait_for_store``: no
+collective barrier that a long build could time out) and trains from ``open_latent_loader``. The store's
+folder ``<latent_store>/latents-<key>`` is named by :func:`cmdbench.cmd.latents.latent_store_key`: the
+pixel source's ``describe()``, the frozen encoders' weight digests, the preset, the seed and the autocast
+dtype, so runs with the same data and encoders share one store. The pixel source must therefore have a
+``describe()`` and a length (``cmdbench train``'s loader and :class:`SequenceSource` do).
 
 Run records in ``output_dir``: ``train_config.json``, ``run_info.json`` (processes, accumulation, global
 batch), ``skipped.jsonl``, ``checkpoints/step-N/``, and at the end ``final/<component>`` (EMA weights),
@@ -57,7 +67,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -67,9 +77,22 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
 from cmdbench.cmd.autoencoder import CMDAutoencoder
-from cmdbench.cmd.latents import encode_clips, sample_seed, videos_to_model_space
+from cmdbench.cmd.latents import (
+    autoencoder_digest,
+    build_latent_store,
+    encode_clips,
+    latent_store_key,
+    open_latent_loader,
+    sample_seed,
+    stored_samples,
+    videos_to_model_space,
+    wait_for_store,
+)
 from cmdbench.cmd.pipeline import CMDPipeline
 from cmdbench.cmd.presets import PRESETS, SCHEDULES, TINY, CMDPreset, build_pipeline, miniature
+
+if TYPE_CHECKING:
+    from cmdbench.data.latent_store import LatentStore
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +116,19 @@ FROZEN_PARTS = ("text_encoder", "tokenizer", "vae")
 # Random frozen parts (miniatures without a Stable Diffusion folder) are built with this seed, whatever the
 # run's seed, so the content and motion runs of one miniature share them (as ``GeneratorSpec(tiny=True)`` does).
 FROZEN_RANDOM_SEED = 0
+DATA_POLICIES = ("strict", "skip")  # == cmdbench.data.policy.POLICIES (cmd/ does not import data/)
+# dataset_options keys that are clip settings, and where each one goes instead.
+CLIP_SETTINGS = {
+    "stride": "set the top-level TrainConfig field \"stride\" (frame step)",
+    "fps": "set the top-level TrainConfig field \"fps\" (target frame rate)",
+    "clips_per_video": "set the top-level TrainConfig field \"clips_per_video\"",
+    "num_clips": "set the top-level TrainConfig field \"clips_per_video\" (windows per video and epoch)",
+    "policy": "set the top-level TrainConfig field \"policy\" (strict | skip)",
+    "seed": "set the top-level TrainConfig field \"seed\"",
+    "num_frames": "the preset fixes the clip length (preset / tiny)",
+    "size": "the preset fixes the frame size (preset / tiny)",
+    "clip": "the clips are cut from the preset and the fields stride, fps, clips_per_video, policy and seed",
+}
 STAGE_FILE = "stage.json"
 SKIPPED_FILE = "skipped.jsonl"
 RUN_INFO_FILE = "run_info.json"
@@ -121,8 +157,19 @@ class TrainConfig:
     (give either, or both when they agree). learning_rate / adam_betas: ``None`` takes the paper's.
     max_steps / checkpoint_every: optimizer steps. ``keep_checkpoints`` newest checkpoints are kept.
     lpips_weight / lpips_net / lpips_backbone: the autoencoder's optional LPIPS term (0 = off).
-    precompute_latents: encode the dataset once with the frozen autoencoder and train the diffusion stages
-    from the cache (``latent_cache`` folder, default ``<output_dir>/latents``).
+    Training clips (``cmdbench train``; :mod:`cmdbench.data.train_clips`): a fresh random window of
+    ``num_frames`` (the preset's) frames on every access; ``stride`` takes every ``stride``-th frame, or
+    ``fps`` a target frame rate (stride derived per video from its own rate; then leave ``stride`` at 1);
+    ``clips_per_video`` windows per video and epoch; ``policy`` for unreadable clips: ``strict`` stops,
+    ``skip`` replaces each by a seeded re-draw and names it in ``skipped.jsonl``. These are TrainConfig
+    fields, not ``dataset_options`` (those are the dataset's listing options: ``split``/``fold`` for
+    ``ucf101``, ``captions`` for ``folder``, ``csv``/``video_root``/``limit``/``check_files`` for ``webvid``).
+    num_workers / prefetch_factor / pin_memory: the DataLoader's decoding processes, batches each prepares
+    ahead, and page-locked batches (``None``: on when training on CUDA).
+    max_frames_per_call: frames the SD VAE encodes per call (bounded memory; latent presets).
+    precompute_latents: encode one epoch of clips once with the frozen encoders into a sharded fp16 store
+    (``latent_store`` folder, default ``<output_dir>/latents``; ``latent_samples_per_shard`` samples per
+    WebDataset shard) and train the diffusion stages from it (see the module docstring).
     content_run / assemble_to (motion stage): when both are set, the finished motion run is assembled with
     the content run and ``autoencoder`` into a sampling pipeline folder ``assemble_to``.
     """
@@ -156,8 +203,17 @@ class TrainConfig:
     lpips_weight: float = 0.0
     lpips_net: str = "alex"
     lpips_backbone: str = "imagenet"
+    stride: int = 1
+    fps: float | None = None
+    clips_per_video: int = 1
+    policy: str = "strict"
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    pin_memory: bool | None = None
+    max_frames_per_call: int = 16
     precompute_latents: bool = False
-    latent_cache: str | None = None
+    latent_store: str | None = None
+    latent_samples_per_shard: int = 1000
     log_every: int = 50
     content_run: str | None = None
     assemble_to: str | None = None
@@ -174,9 +230,20 @@ class TrainConfig:
             raise bad("mixed_precision", f"use one of {MIXED_PRECISION}")
         if self.ae_loss not in AE_LOSSES:
             raise bad("ae_loss", f"use one of {AE_LOSSES}")
-        for name in ("batch_size", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
+        for name in ("batch_size", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "stride",
+                     "clips_per_video", "prefetch_factor", "max_frames_per_call", "latent_samples_per_shard"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "use a positive integer")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise bad("num_workers", "use 0 (decode in the training process) or more worker processes")
+        if self.policy not in DATA_POLICIES:
+            raise bad("policy", f"use one of {DATA_POLICIES} (for clips that cannot be read)")
+        if self.fps is not None and (isinstance(self.fps, bool) or not self.fps > 0):
+            raise bad("fps", "use a positive target frame rate, or null to take frames at `stride`")
+        if self.fps is not None and self.stride != 1:
+            raise TrainConfigError(f"TrainConfig sets both stride={self.stride} and fps={self.fps}; set one (with fps "
+                                   "the frame step of each video is derived from its own frame rate)")
+        self._check_dataset_options()
         for name in ("gradient_accumulation_steps", "global_batch_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -198,6 +265,19 @@ class TrainConfig:
                 "TrainConfig.assemble_to assembles the pipeline at the end of the motion stage: set stage='motion', "
                 "content_run=<the content run's output_dir> and autoencoder=<the autoencoder run>"
             )
+
+    def _check_dataset_options(self) -> None:
+        """Clip settings are TrainConfig fields; ``dataset_options`` holds only the dataset's listing options."""
+        if not isinstance(self.dataset_options, dict):
+            raise TrainConfigError(f"TrainConfig.dataset_options={self.dataset_options!r}: use a JSON object of "
+                                   "the dataset's listing options (e.g. {\"split\": \"train\", \"fold\": 1})")
+        for key in sorted(self.dataset_options):
+            where = CLIP_SETTINGS.get(key)
+            if where is not None:
+                raise TrainConfigError(
+                    f"TrainConfig.dataset_options[{key!r}] is a clip setting, not a listing option of the "
+                    f"{self.dataset!r} dataset: {where}"
+                )
 
     def _check_lpips(self) -> None:
         if self.lpips_net not in LPIPS_NETS:
@@ -304,20 +384,16 @@ class TrainConfig:
 
 
 def sample_index(seed: int, global_position: int, n: int) -> int:
-    """Dataset index at ``global_position`` of a seeded epoch-wise shuffle: a fresh permutation of ``n``
-    per epoch, a function of ``(seed, position)`` only (so a resumed run sees the same order)."""
+    """Dataset index at ``global_position`` of the in-memory path's seeded epoch-wise shuffle: a fresh
+    permutation of ``n`` per epoch, a function of ``(seed, position)`` only (so a resumed run sees the same
+    order). A table of ``n`` entries per call: for in-memory datasets; listed datasets use the O(1)
+    ``cmdbench.data.epoch_order`` through ``cmdbench.data.train_clips``."""
     epoch, offset = divmod(global_position, n)
     return int(_epoch_permutation(seed, epoch, n)[offset])
 
 
 def _epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def batch_indices(cfg: TrainConfig, step: int, rank: int, world: int, n: int) -> list[int]:
-    """The ``batch_size`` dataset indices process ``rank`` trains on at micro-step ``step``."""
-    start = (step * world + rank) * cfg.batch_size
-    return [sample_index(cfg.seed, start + j, n) for j in range(cfg.batch_size)]
 
 
 @dataclass
@@ -330,16 +406,6 @@ class SequenceBatch:
     ids: list[str]
     positions: list[int]
     replaced: list[Any] = field(default_factory=list)
-
-
-@dataclass
-class InMemoryLatentBatch:
-    """A latent batch: ``content`` float32 ``(B, C, h, w)``, ``motion`` float32 ``(B, D, L, W_m)``."""
-
-    content: torch.Tensor
-    motion: torch.Tensor
-    conditions: list[Any]
-    ids: list[str] = field(default_factory=list)
 
 
 BatchSource = Callable[..., Iterable[Any]]  # (start_step=, rank=, world_size=, batch_size=) -> batches
@@ -400,25 +466,44 @@ def sequence_batches(
         step += 1
 
 
+class SequenceSource:
+    """An in-memory ``Sequence`` of clips as a batch source (:func:`sequence_batches`), with a length and a
+    ``describe()`` (the dataset's own, else a sha256 of every item's frames, condition and id) so it can
+    also feed a latent store."""
+
+    def __init__(self, dataset: Sequence[Any], seed: int):
+        if len(dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __call__(self, *, start_step: int, rank: int, world_size: int, batch_size: int) -> Iterator[SequenceBatch]:
+        return sequence_batches(self.dataset, batch_size=batch_size, seed=self.seed, rank=rank,
+                                world_size=world_size, start_step=start_step)
+
+    def describe(self) -> dict[str, Any]:
+        own = getattr(self.dataset, "describe", None)
+        if callable(own):
+            return own()
+        h = hashlib.sha256()
+        for i in range(len(self.dataset)):
+            got = _read_item(self.dataset, i)
+            if isinstance(got, tuple):
+                video, condition, item_id = got
+                h.update(json.dumps([item_id, condition, str(video.dtype), list(video.shape)], default=str).encode())
+                h.update(video.contiguous().numpy().tobytes())
+            else:
+                h.update(json.dumps(["skipped", got.source, got.reason]).encode())
+        return {"dataset": "in-memory", "items": len(self.dataset), "sha256": h.hexdigest()}
+
+
 def _check_same_shape(videos: list[torch.Tensor], ids: list[str]) -> None:
     shapes = {tuple(v.shape) for v in videos}
     if len(shapes) > 1:
         detail = ", ".join(f"{i}: {tuple(v.shape)}" for i, v in zip(ids, videos, strict=True))
         raise ValueError(f"clips of different sizes cannot be batched ({detail}); set the dataset's clip size")
-
-
-def latent_cache_batches(
-    cache: LatentCache, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0
-) -> Iterator[InMemoryLatentBatch]:
-    """Endless latent batches of a :class:`LatentCache` in the same seeded order as :func:`sequence_batches`."""
-    n = len(cache)
-    step = start_step
-    while True:
-        start = (step * world_size + rank) * batch_size
-        idx = [sample_index(seed, start + j, n) for j in range(batch_size)]
-        yield InMemoryLatentBatch(cache.content[idx], cache.motion[idx], [cache.conditions[i] for i in idx],
-                                  [str(i) for i in idx])
-        step += 1
 
 
 def _autocast(device: torch.device | str, dtype: torch.dtype | None):
@@ -436,68 +521,59 @@ def _check_videos(videos: torch.Tensor, preset: CMDPreset, ids: Sequence[str]) -
         )
 
 
-class LatentCache:
-    """``(content (N, C, h, w), motion (N, D, L, W_m), conditions)`` of a whole dataset, from the frozen
-    autoencoder, saved to one ``.pt`` file keyed by the dataset and the autoencoder's weights."""
+# --- Data: the precomputed latent store -------------------------------------------------------------------
 
-    def __init__(self, content: torch.Tensor, motion: torch.Tensor, conditions: list[Any]):
-        self.content, self.motion, self.conditions = content, motion, conditions
 
-    @staticmethod
-    def key(dataset: Sequence[Any], autoencoder: torch.nn.Module, preset: CMDPreset, seed: int,
-            autocast_dtype: torch.dtype | None = None) -> str:
-        describe = getattr(dataset, "describe", lambda: {"len": len(dataset)})()
-        blob = json.dumps({"data": describe, "ae": weights_digest(autoencoder), "preset": preset.name,
-                           "size": [preset.num_frames, preset.height, preset.width], "seed": seed,
-                           "autocast": str(autocast_dtype)}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def rank_share(total: int, rank: int, world_size: int, batch_size: int) -> int:
+    """How many of the global positions ``0 .. total - 1`` fall to ``rank``, when micro-step ``s`` of
+    ``rank`` holds positions ``(s * world_size + rank) * batch_size + j`` (the loaders' layout). The ranks'
+    shares of one epoch add up to ``total``, and each is a prefix of that rank's stream."""
+    rounds, rest = divmod(total, world_size * batch_size)
+    return rounds * batch_size + min(max(rest - rank * batch_size, 0), batch_size)
 
-    @classmethod
-    @torch.no_grad()
-    def build(cls, dataset, autoencoder: CMDAutoencoder, vae, preset: CMDPreset, seed: int,
-              batch_size: int = 8, autocast_dtype: torch.dtype | None = None) -> LatentCache:
-        contents, motions, conditions = [], [], []
-        for start in range(0, len(dataset), batch_size):
-            idx = list(range(start, min(start + batch_size, len(dataset))))
-            items = [_read_item(dataset, i) for i in idx]
-            bad = [(i, it) for i, it in zip(idx, items, strict=True) if not isinstance(it, tuple)]
-            if bad:
-                raise ValueError(f"dataset item {bad[0][0]} could not be read: {bad[0][1].reason}")
-            videos = torch.stack([v for v, _, _ in items])
-            _check_videos(videos, preset, [i for _, _, i in items])
-            gens = [torch.Generator().manual_seed(sample_seed(seed, 0, i)) for i in idx]
-            content, motion = encode_clips(videos, autoencoder, vae, gens, autocast_dtype=autocast_dtype)
-            contents.append(content.cpu())
-            motions.append(motion.cpu())
-            conditions.extend(c for _, c, _ in items)
-        return cls(torch.cat(contents), torch.cat(motions), conditions)
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        torch.save({"content": self.content, "motion": self.motion, "conditions": self.conditions}, tmp)
-        tmp.replace(path)
+def latent_store_source(cfg: TrainConfig, pixels: BatchSource, pipe: CMDPipeline, preset: CMDPreset, *,
+                        rank: int, world_size: int, pin_memory: bool = False) -> tuple[BatchSource, LatentStore]:
+    """Build (or resume, or reuse) this rank's part of the latent store of one epoch of ``pixels``, wait for
+    the other ranks' parts, and return ``(batch source of the store, the finished store)``.
 
-    @classmethod
-    def load(cls, path: Path) -> LatentCache:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-        return cls(data["content"], data["motion"], data["conditions"])
+    ``pixels`` needs ``describe()`` and ``len()`` (one epoch). Rank ``r`` encodes the positions of the
+    epoch its own loader would read (:func:`rank_share`), starting after the samples it already stored.
+    """
+    describe, length = getattr(pixels, "describe", None), getattr(pixels, "__len__", None)
+    if not callable(describe) or not callable(length):
+        raise TrainConfigError(
+            "precompute_latents needs a training dataset with describe() and a length (they name and size the "
+            f"latent store); {type(pixels).__name__} has not both: pass a Sequence of clips, the loader of "
+            "`cmdbench train` (cmdbench.data.train_clips.ClipBatchSource), or set precompute_latents=false"
+        )
+    autocast_dtype = AUTOCAST_DTYPE[cfg.mixed_precision]
+    key = latent_store_key(describe(), pipe.autoencoder, pipe.vae, preset, cfg.seed, autocast_dtype=autocast_dtype)
+    store = Path(cfg.latent_store or Path(cfg.output_dir) / "latents") / f"latents-{key}"
+    total = length()
+    mine = rank_share(total, rank, world_size, cfg.batch_size)
+    start = stored_samples(store, rank) // cfg.batch_size  # whole batches already stored are not read again
+    logger.info("latent store %s: rank %d encodes %d of %d clips (%d stored before)", store, rank, mine, total,
+                min(start * cfg.batch_size, mine))
+    build_latent_store(
+        pixels(start_step=start, rank=rank, world_size=world_size, batch_size=cfg.batch_size), store,
+        pipe.autoencoder, pipe.vae, rank=rank, world_size=world_size, seed=cfg.seed,
+        samples_per_shard=cfg.latent_samples_per_shard, autocast_dtype=autocast_dtype, num_samples=mine,
+        key=key, max_frames_per_call=cfg.max_frames_per_call, first_sample=start * cfg.batch_size,
+    )
+    finished = wait_for_store(store, world_size=world_size, identity={"key": key})  # polls the indices: no barrier
+    identity = {"key": key}
 
-    def __len__(self) -> int:
-        return len(self.conditions)
+    def source(**kw: Any) -> Iterator[Any]:
+        # one reader process at most: every batch of a rank's stream comes from the same few shards, so more
+        # workers would each read and hash the same shards again
+        return open_latent_loader(store, seed=cfg.seed, identity=identity, num_workers=min(cfg.num_workers, 1),
+                                  pin_memory=pin_memory, **kw)
+
+    return source, finished
 
 
 # --- Models -------------------------------------------------------------------------------------------
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of a module's weights: every state-dict entry's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def tokenizer_digest(tokenizer) -> str | None:
@@ -511,9 +587,9 @@ def tokenizer_digest(tokenizer) -> str | None:
 def frozen_digests(pipe: CMDPipeline) -> dict[str, str | None]:
     """Digests of the frozen parts (text encoder, tokenizer, SD VAE) a diffusion stage trains with."""
     return {
-        "text_encoder": weights_digest(pipe.text_encoder) if pipe.text_encoder is not None else None,
+        "text_encoder": autoencoder_digest(pipe.text_encoder) if pipe.text_encoder is not None else None,
         "tokenizer": tokenizer_digest(pipe.tokenizer),
-        "vae": weights_digest(pipe.vae) if pipe.vae is not None else None,
+        "vae": autoencoder_digest(pipe.vae) if pipe.vae is not None else None,
     }
 
 
@@ -794,12 +870,6 @@ class StageTrainer:
         return F.mse_loss(out[:, : target.shape[1]].float(), noise.float())
 
 
-def _seed_of(seed: int, *key: int) -> int:
-    """A 63-bit seed from ``(seed, *key)`` (sha256), the same on every machine."""
-    blob = json.dumps([seed, *key]).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
-
-
 def _unwrap(model):
     return getattr(model, "module", model)
 
@@ -824,7 +894,9 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-MAY_CHANGE_ON_RESUME = ("max_steps", "log_every", "assemble_to", "content_run")
+# Neither the batches nor the maths depend on these (the loaders give the same batches for any number of workers).
+MAY_CHANGE_ON_RESUME = ("max_steps", "log_every", "assemble_to", "content_run", "num_workers", "prefetch_factor",
+                        "pin_memory", "latent_store")
 
 
 def _save_config(cfg: TrainConfig, output_dir: Path) -> None:
@@ -869,11 +941,25 @@ class SkipRecord:
         self.rank = rank
         self.count = 0
 
+    def _lines(self) -> list[str]:
+        return [line for line in self.path.read_text().splitlines() if line] if self.path.is_file() else []
+
     def truncate_after(self, step: int) -> None:
-        if not self.path.is_file():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        if self.path.is_file():
+            keep = [line for line in self._lines() if json.loads(line)["step"] <= step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+
+    def set_store(self, store: Path, items: Sequence[dict[str, Any]]) -> None:
+        """Record the clips the latent store's build replaced (step 0, ``"store"``: its folder), replacing the
+        lines of an earlier start of this run (the build records them with its shards; a resume repeats them)."""
+        keep = [line for line in self._lines() if "store" not in json.loads(line)]
+        lines = [json.dumps({"step": 0, "rank": None, "source": str(item.get("source", item)),
+                             "reason": str(item.get("reason", "")), "stage": item.get("stage", "decode"),
+                             "store": str(store)}) for item in items]
+        self.path.write_text("".join(line + "\n" for line in keep + lines))
+        if items:
+            logger.warning("latent store %s: %d clip(s) failed to decode and were replaced (listed in %s)", store,
+                           len(items), self.path)
 
     def add(self, step: int, items: Sequence[Any]) -> None:
         if not items:
@@ -907,11 +993,11 @@ def _save_final(cfg: TrainConfig, pipe: CMDPipeline, trained: torch.nn.Module, e
     final = final_dir / COMPONENT[cfg.stage]
     raw = final.with_name(final.name + "_raw")
     trained.save_pretrained(str(raw))
-    raw_digest = weights_digest(trained)
+    raw_digest = autoencoder_digest(trained)
     ema.store(trained.parameters())
     ema.copy_to(trained.parameters())
     trained.save_pretrained(str(final))
-    ema_digest = weights_digest(trained)
+    ema_digest = autoencoder_digest(trained)
     ema.restore(trained.parameters())
     record: dict[str, Any] = {
         "stage": cfg.stage, "preset": cfg.preset, "tiny": cfg.tiny, "steps": step, "seed": cfg.seed,
@@ -966,7 +1052,7 @@ def train(
     set_seed(cfg.seed, device_specific=True)  # seed + rank: each process draws its own noise and timesteps
     preset = cfg.resolved_preset()
     pipe = build_components(cfg)
-    ae_digest = weights_digest(pipe.autoencoder) if cfg.stage != "autoencoder" else None
+    ae_digest = autoencoder_digest(pipe.autoencoder) if cfg.stage != "autoencoder" else None
     pipe = pipe.to(accelerator.device)
     trainer = StageTrainer(cfg, pipe, accelerator.device)
     model = trainer.model()
@@ -977,7 +1063,7 @@ def train(
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
 
-    source = _batch_source(cfg, data, pipe, preset, output_dir, accelerator)
+    source, store = _batch_source(cfg, data, pipe, preset, accelerator)
 
     lr, betas = cfg.optimizer
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=cfg.weight_decay)
@@ -996,6 +1082,8 @@ def train(
     skipped = SkipRecord(output_dir, rank)
     if accelerator.is_main_process:
         skipped.truncate_after(step)
+        if store is not None:
+            skipped.set_store(store.root, store.replaced)
     accelerator.wait_for_everyone()
 
     batches = iter(source(start_step=step * accum, rank=rank, world_size=world, batch_size=cfg.batch_size))
@@ -1043,26 +1131,22 @@ def train(
     return final
 
 
-def _batch_source(cfg: TrainConfig, data, pipe: CMDPipeline, preset: CMDPreset, output_dir: Path,
-                  accelerator: Accelerator) -> BatchSource:
-    """The batch source of ``data``: itself when it is one, else the in-memory (or latent-cache) path."""
-    if callable(data) and not isinstance(data, Sequence):
-        return data
-    if len(data) == 0:
-        raise ValueError("the training dataset is empty")
-    if cfg.stage != "autoencoder" and cfg.precompute_latents:
-        autocast_dtype = AUTOCAST_DTYPE[cfg.mixed_precision]
-        key = LatentCache.key(data, pipe.autoencoder, preset, cfg.seed, autocast_dtype)
-        cache_path = Path(cfg.latent_cache or output_dir / "latents") / f"latents-{key}.pt"
-        if not cache_path.is_file():
-            if accelerator.is_main_process:
-                cache = LatentCache.build(data, pipe.autoencoder, pipe.vae, preset, cfg.seed,
-                                          autocast_dtype=autocast_dtype)
-                cache.save(cache_path)
-            accelerator.wait_for_everyone()
-        cache = LatentCache.load(cache_path)
-        return lambda **kw: latent_cache_batches(cache, seed=cfg.seed, **kw)
-    return lambda **kw: sequence_batches(data, seed=cfg.seed, **kw)
+def _batch_source(cfg: TrainConfig, data: Sequence[Any] | BatchSource, pipe: CMDPipeline, preset: CMDPreset,
+                  accelerator: Accelerator) -> tuple[BatchSource, LatentStore | None]:
+    """``(batch source, latent store or None)`` of ``data``: itself (a batch source) or the in-memory path,
+    and in latent mode the store built from it (:func:`latent_store_source`)."""
+    if isinstance(data, Sequence):
+        pixels: BatchSource = SequenceSource(data, cfg.seed)
+    elif callable(data):
+        pixels = data
+    else:
+        raise TypeError(f"train(cfg, data): data is a {type(data).__name__}; pass a Sequence of clips or a batch "
+                        "source source(start_step=, rank=, world_size=, batch_size=) -> batches")
+    if cfg.stage == "autoencoder" or not cfg.precompute_latents:
+        return pixels, None
+    pin = cfg.pin_memory if cfg.pin_memory is not None else accelerator.device.type == "cuda"
+    return latent_store_source(cfg, pixels, pipe, preset, rank=accelerator.process_index,
+                               world_size=accelerator.num_processes, pin_memory=pin)
 
 
 def describe_steps(cfg: TrainConfig, n: int, world_size: int = 1) -> str:
@@ -1075,8 +1159,8 @@ def describe_steps(cfg: TrainConfig, n: int, world_size: int = 1) -> str:
 
 
 __all__ = [
-    "TrainConfig", "TrainConfigError", "train", "LatentCache", "batch_indices", "sample_index",
-    "sequence_batches", "latent_cache_batches", "SequenceBatch", "InMemoryLatentBatch", "StageTrainer",
-    "checkpoint_dirs", "load_autoencoder", "autoencoder_folder", "build_components", "describe_steps",
-    "weights_digest", "frozen_digests", "build_lpips", "lpips_per_frame",
+    "TrainConfig", "TrainConfigError", "train", "sample_index", "sequence_batches", "SequenceBatch",
+    "SequenceSource", "BatchSource", "latent_store_source", "rank_share", "StageTrainer", "checkpoint_dirs",
+    "load_autoencoder", "autoencoder_folder", "build_components", "describe_steps", "frozen_digests",
+    "build_lpips", "lpips_per_frame",
 ]

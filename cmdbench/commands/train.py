@@ -77,7 +77,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def build_dataset(cfg):
-    """The configured dataset at the preset's clip length and frame size."""
+    """The training batch source of ``cfg``: fresh random windows of the listed videos
+    (:func:`cmdbench.data.train_clips.build_train_clips`, nothing opened before step 0) behind the
+    DataLoader of :class:`~cmdbench.data.train_clips.ClipBatchSource`, cut at the preset's clip length and
+    frame size. A dataset registered by a plugin gives its fixed evaluation clips (one per video) instead."""
+    from cmdbench.cmd.training import TrainConfigError
+    from cmdbench.data.policy import DatasetError
+    from cmdbench.data.train_clips import LISTING_OPTIONS, ClipBatchSource, TrainClipSpec, build_train_clips
+
+    preset = cfg.resolved_preset()
+    if not cfg.data_dir:
+        raise TrainConfigError("TrainConfig.data_dir is empty; set the dataset root folder")
+    size = (preset.height, preset.width)
+    if cfg.dataset not in LISTING_OPTIONS:
+        return _plugin_dataset(cfg, size)
+    spec = TrainClipSpec(num_frames=preset.num_frames, size=size, stride=cfg.stride, fps=cfg.fps,
+                         clips_per_video=cfg.clips_per_video, seed=cfg.seed, policy=cfg.policy)
+    try:
+        dataset = build_train_clips(cfg.dataset, cfg.data_dir, spec, **cfg.dataset_options)
+    except DatasetError:
+        raise
+    except (TypeError, ValueError) as err:  # unknown or malformed listing options
+        raise TrainConfigError(f"TrainConfig.dataset_options for {cfg.dataset!r}: {err}") from None
+    pin = cfg.pin_memory if cfg.pin_memory is not None else _cuda()
+    return ClipBatchSource(dataset, num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, pin_memory=pin)
+
+
+def _plugin_dataset(cfg, size: tuple[int, int]):
     import cmdbench.data.datasets  # noqa: F401  (registers the built-in datasets)
     from cmdbench.cmd.training import TrainConfigError
     from cmdbench.data.clips import ClipSpec
@@ -85,11 +111,24 @@ def build_dataset(cfg):
 
     if cfg.dataset not in DATASETS:
         load_plugins()  # a dataset registered by a plugin
-    preset = cfg.resolved_preset()
-    if not cfg.data_dir:
-        raise TrainConfigError("TrainConfig.data_dir is empty; set the dataset root folder")
-    clip = ClipSpec(num_frames=preset.num_frames, size=(preset.height, preset.width), seed=cfg.seed)
-    return DATASETS.get(cfg.dataset)(cfg.data_dir, clip=clip, **cfg.dataset_options)
+    if cfg.dataset not in DATASETS:
+        raise TrainConfigError(f"TrainConfig.dataset={cfg.dataset!r} is not known; training reads folder, ucf101 "
+                               f"and webvid, or a dataset a plugin registers ({sorted(DATASETS)})")
+    if (cfg.stride, cfg.fps, cfg.clips_per_video) != (1, None, 1):
+        raise TrainConfigError(f"dataset {cfg.dataset!r} comes from a plugin and gives one fixed clip per video: "
+                               "stride, fps and clips_per_video apply to folder, ucf101 and webvid only")
+    logging.getLogger(__name__).warning(
+        "dataset %s (a plugin's) gives one fixed clip per video, the same every epoch (folder, ucf101 and webvid "
+        "draw a fresh window on every access)", cfg.dataset)
+    clip = ClipSpec(num_frames=cfg.resolved_preset().num_frames, size=size, seed=cfg.seed)
+    policy = {"policy": cfg.policy} if cfg.policy != "strict" else {}
+    return DATASETS.get(cfg.dataset)(cfg.data_dir, clip=clip, **policy, **cfg.dataset_options)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,8 +149,13 @@ def run(args: argparse.Namespace) -> int:
     main_process = os.environ.get("RANK", "0") == "0"  # set by torchrun / accelerate launch
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if main_process:
+        report = getattr(getattr(dataset, "dataset", dataset), "report", None)
         print(f"cmdbench train {cfg.stage}: preset {cfg.preset}{' (tiny)' if cfg.tiny else ''}, "
-              f"{len(dataset)} clips, {describe_steps(cfg, len(dataset), world)}")
+              f"{len(dataset)} clips per epoch, {describe_steps(cfg, len(dataset), world)}")
+        if report is not None:
+            print(f"cmdbench train {cfg.stage}: data {report.summary()}")
+            for item in report.skipped:
+                print(f"cmdbench train {cfg.stage}: skipped {item.source} ({item.stage}): {item.reason}")
     final = train(cfg, dataset)
     if main_process:
         print(f"cmdbench train {cfg.stage}: final EMA weights in {final}")

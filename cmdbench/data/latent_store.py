@@ -352,8 +352,9 @@ class LatentStore:
     """A finished store: every rank's index read and checked, every shard present with its indexed size."""
 
     def __init__(self, root: Path, shards: tuple[ShardEntry, ...], shapes: dict[str, list[int]],
-                 identity: dict[str, Any]):
+                 identity: dict[str, Any], replaced: Sequence[dict[str, Any]] = ()):
         self.root, self.shards, self.shapes, self.identity = root, shards, shapes, identity
+        self.replaced = list(replaced)  # every input clip the builds replaced (SkippedItem fields), rank by rank
         self.counts = [s.count for s in shards]
         self.num_samples = sum(self.counts)
 
@@ -376,6 +377,7 @@ class LatentStore:
                                    f"world_size={world} build in {found[0]}; build into a clean folder")
         indices = [_read_json(root / index_name(r)) for r in range(world)]  # a missing rank names its file
         shards: list[ShardEntry] = []
+        replaced: list[dict[str, Any]] = []
         shapes: dict[str, list[int]] | None = None
         for r, index in enumerate(indices):
             path = root / index_name(r)
@@ -399,13 +401,14 @@ class LatentStore:
                     raise LatentStoreError(f"shard {shard} listed in {path} with {entry['bytes']} bytes is "
                                            f"{found_size}; rebuild rank {r} (resume=False)")
                 shards.append(ShardEntry(shard, entry["count"], entry["bytes"], entry["sha256"]))
+                replaced += entry.get("replaced", [])
         for k, v in (identity or {}).items():
             have = first["identity"].get(k)
             if json.loads(json.dumps(v, default=str)) != have:
                 raise LatentStoreError(f"{root} was built with {k}={have!r}, not {v!r}; build a store for it")
         if not shards:
             raise LatentStoreError(f"latent store {root} holds no samples")
-        return cls(root, tuple(shards), shapes, first["identity"])
+        return cls(root, tuple(shards), shapes, first["identity"], replaced)
 
     def read_shard(self, shard: int) -> list[dict[str, Any]]:
         """Shard ``shard``'s raw samples in stored order (bytes, not decoded), checked against the index."""
@@ -557,8 +560,11 @@ def open_latent_loader(store_dir: str | Path, *, batch_size: int, seed: int, ran
                             start_step=start_step)
     if num_workers == 0:
         return iter(batches)
+    # its own generator: the DataLoader draws its workers' base seed from it, not from the global torch RNG, so
+    # starting (or restarting) a loader leaves the training loop's random stream untouched (exact resume)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=num_workers,
-                                         pin_memory=pin_memory, persistent_workers=False)
+                                         pin_memory=pin_memory, persistent_workers=False,
+                                         generator=torch.Generator().manual_seed(seed))
     return iter(loader)
 
 

@@ -329,6 +329,29 @@ def make_train_loader(dataset: TrainClips, *, batch_size: int, seed: int, rank: 
                       generator=torch.Generator().manual_seed(seed))
 
 
+class ClipBatchSource:
+    """A training run's batch source over :class:`TrainClips`: ``source(start_step=, rank=, world_size=,
+    batch_size=)`` -> :func:`make_train_loader` with this source's worker settings (the loop of
+    ``cmdbench.cmd.training`` calls it at the resumed micro-step). ``len()`` and ``describe()`` are the
+    dataset's: one epoch, and the identity a latent store built from it is keyed by."""
+
+    def __init__(self, dataset: TrainClips, *, num_workers: int = 2, prefetch_factor: int | None = 2,
+                 pin_memory: bool = False) -> None:
+        self.dataset, self.num_workers = dataset, num_workers
+        self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def describe(self) -> dict[str, Any]:
+        return self.dataset.describe()
+
+    def __call__(self, *, start_step: int, rank: int, world_size: int, batch_size: int) -> DataLoader:
+        return make_train_loader(self.dataset, batch_size=batch_size, seed=self.dataset.spec.seed, rank=rank,
+                                 world_size=world_size, start_step=start_step, num_workers=self.num_workers,
+                                 prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory)
+
+
 # --- the listed datasets --------------------------------------------------------------------------------
 
 LISTING_OPTIONS: dict[str, tuple[str, ...]] = {

@@ -14,11 +14,10 @@ from cmdbench.cmd import presets
 from cmdbench.cmd.autoencoder import CMDAutoencoder
 from cmdbench.cmd.motion_dit import MotionDiT
 from cmdbench.cmd.training import (
-    LatentCache,
+    SequenceSource,
     StageTrainer,
     TrainConfig,
     TrainConfigError,
-    batch_indices,
     build_components,
     build_lpips,
     checkpoint_dirs,
@@ -92,13 +91,19 @@ def test_resume_after_a_kill_equals_training_straight_through(tmp_path, stage, a
 
 
 def test_data_order_is_a_function_of_seed_and_step_only():
-    cfg = TrainConfig(stage="motion", output_dir="unused", batch_size=3, seed=5)
     n = 7
+    data = [(torch.full((1, 3, 1, 1), i, dtype=torch.uint8), f"clip {i}") for i in range(n)]
+
+    def drawn(**kw) -> list[int]:  # the items of the first batch, read back from their pixels
+        batch = next(sequence_batches(data, batch_size=3, seed=5, **kw))
+        assert batch.conditions == [f"clip {i}" for i in batch.videos[:, 0, 0, 0, 0].tolist()]
+        return batch.videos[:, 0, 0, 0, 0].tolist()
+
     epoch0 = [sample_index(5, i, n) for i in range(n)]
     assert sorted(epoch0) == list(range(n))  # each clip once per epoch: nothing dropped or repeated
-    assert batch_indices(cfg, 2, 0, 1, n) == [sample_index(5, 6 + j, n) for j in range(3)]
+    assert drawn(start_step=2) == [sample_index(5, 6 + j, n) for j in range(3)]
     # Two processes split a global batch without overlap within an epoch.
-    world = [batch_indices(cfg, 0, r, 2, n) for r in range(2)]
+    world = [drawn(rank=r, world_size=2) for r in range(2)]
     assert world[0] + world[1] == [sample_index(5, j, n) for j in range(6)]
     epoch1 = [sample_index(5, n + i, n) for i in range(n)]
     assert sorted(epoch1) == list(range(n)) and epoch1 != epoch0  # reshuffled each epoch
@@ -114,23 +119,48 @@ def test_autoencoder_overfits_two_clips(tmp_path):
     assert last < first / 10, (first, last)
 
 
-def test_precomputed_latents_match_the_autoencoder(tmp_path):
+def test_precomputed_latents_match_the_autoencoder_and_the_store_is_keyed_by_its_weights(tmp_path, monkeypatch):
+    from cmdbench.cmd import latents
+    from cmdbench.data.latent_store import LatentStore
+
     ae_dir = tmp_path / "ae"
     torch.manual_seed(0)
     ae = presets.build_pipeline(TINY).autoencoder
     ae.save_pretrained(ae_dir)
     data = clips(3)
+    stores = tmp_path / "stores"  # shared by the runs below
     cfg = config(tmp_path, "cached", stage="content", max_steps=2, precompute_latents=True,
-                 autoencoder=str(ae_dir))
+                 autoencoder=str(ae_dir), latent_store=str(stores), latent_samples_per_shard=2)
     train(cfg, data)
-    files = list((tmp_path / "cached" / "latents").glob("latents-*.pt"))
-    assert len(files) == 1
-    cache = LatentCache.load(files[0])
+    key = latents.latent_store_key(SequenceSource(data, 0).describe(), ae, None, TINY, 0)
+    assert [p.name for p in stores.iterdir()] == [f"latents-{key}"]
+    store = LatentStore.open(stores / f"latents-{key}")
+    assert store.num_samples == 3 and len(store.shards) == 2  # one epoch, 2 samples per shard
     video = torch.stack([v for v, _ in data]).float() / 127.5 - 1  # (B, T, 3, H, W)
     content, motion = ae.encode(video.permute(0, 2, 1, 3, 4))
-    torch.testing.assert_close(cache.content, content.detach(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache.motion, motion.detach(), atol=1e-5, rtol=1e-5)
-    assert cache.conditions == [c for _, c in data]
+    batch = next(latents.open_latent_loader(store.root, batch_size=3, seed=0, rank=0, world_size=1))
+    assert sorted(batch.ids) == ["0", "1", "2"]  # one epoch: every clip once
+    for j, i in enumerate(int(i) for i in batch.ids):  # stored fp16: within fp16 rounding of the autoencoder
+        torch.testing.assert_close(batch.content[j], content[i].detach(), atol=2e-3, rtol=1e-3)
+        torch.testing.assert_close(batch.motion[j], motion[i].detach(), atol=2e-3, rtol=1e-3)
+        assert batch.conditions[j] == data[i][1]
+
+    # A second run with the same data and autoencoder trains from the same store without encoding again.
+    calls: list[int] = []
+    real = latents.encode_clips
+    monkeypatch.setattr(latents, "encode_clips", lambda *a, **k: calls.append(1) or real(*a, **k))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(config(tmp_path, "again", stage="motion", max_steps=1, precompute_latents=True, autoencoder=str(ae_dir),
+                 latent_store=str(stores), latent_samples_per_shard=2), data)
+    assert calls == [] and len(list(stores.iterdir())) == 1
+    # Other weights in the same folder layout make another store (the key hashes weights, not paths).
+    with torch.no_grad():
+        ae.encoder_pre_layer.weight.add_(0.01)
+    ae.save_pretrained(ae_dir)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(config(tmp_path, "other", stage="content", max_steps=1, precompute_latents=True, autoencoder=str(ae_dir),
+                 latent_store=str(stores), latent_samples_per_shard=2), data)
+    assert calls and len(list(stores.iterdir())) == 2
 
 
 def test_ema_uses_the_paper_decay():
@@ -495,23 +525,15 @@ def test_autoencoder_held_out_psnr_rises_on_mp4_footage(tmp_path):
 # --- The data path's loaders plug in as batch sources -------------------------------------------------------
 
 
-def test_the_loop_takes_the_training_clip_loader_and_the_latent_store(tmp_path):
-    """``cmdbench.data.train_clips.make_train_loader`` (fresh windows, DataLoader) and
-    ``cmdbench.cmd.latents.open_latent_loader`` (sharded store) are batch sources of the loop: a killed and
-    resumed run on the clip loader equals the straight run; the content stage trains from the store."""
-    from cmdbench.cmd.latents import build_latent_store
-    from cmdbench.data.latent_store import open_latent_loader
+def test_the_loop_takes_the_training_clip_loader(tmp_path):
+    """``cmdbench.data.train_clips.make_train_loader`` (fresh windows, a DataLoader with a worker process) is a
+    batch source of the loop: a killed and resumed run equals the straight run."""
     from cmdbench.data.synthetic import write_folder
-    from cmdbench.data.train_clips import TrainClipSpec, build_train_clips, make_train_loader
+    from cmdbench.data.train_clips import ClipBatchSource, TrainClipSpec, build_train_clips
 
     write_folder(tmp_path / "videos", 3, num_frames=12, height=20, width=20)
     spec = TrainClipSpec(num_frames=TINY.num_frames, size=(TINY.height, TINY.width), clips_per_video=2, seed=0)
-    dataset = build_train_clips("folder", tmp_path / "videos", spec)
-
-    def clip_loader(*, start_step, rank, world_size, batch_size):
-        return make_train_loader(dataset, batch_size=batch_size, seed=0, rank=rank, world_size=world_size,
-                                 start_step=start_step, num_workers=0)
-
+    clip_loader = ClipBatchSource(build_train_clips("folder", tmp_path / "videos", spec), num_workers=1)
     straight = train(config(tmp_path, "straight"), clip_loader)
     AcceleratorState._reset_state(reset_partial_state=True)
     cfg = config(tmp_path, "killed")
@@ -521,12 +543,62 @@ def test_the_loop_takes_the_training_clip_loader_and_the_latent_store(tmp_path):
     a, b = state(straight), state(resumed)
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
 
+
+def test_latent_mode_killed_in_the_store_build_and_in_training_resumes_exactly(tmp_path, monkeypatch):
+    """Latent mode on the DataLoader of fresh windows (2 per video): a run killed while it builds its latent
+    store, resumed (the build continues after its complete shards), killed again in training and resumed,
+    ends equal to a straight run; a corrupt shard of the finished store stops a run by name."""
+    from cmdbench.cmd import latents
+    from cmdbench.data.latent_store import LatentStore, LatentStoreError, stored_samples
+    from cmdbench.data.synthetic import write_folder
+    from cmdbench.data.train_clips import ClipBatchSource, TrainClipSpec, build_train_clips
+
+    write_folder(tmp_path / "videos", 3, num_frames=12, height=20, width=20)
+    spec = TrainClipSpec(num_frames=TINY.num_frames, size=(TINY.height, TINY.width), clips_per_video=2, seed=0)
+    source = ClipBatchSource(build_train_clips("folder", tmp_path / "videos", spec), num_workers=0)
+    ae_dir = tmp_path / "ae"
+    build_components(config(tmp_path, "unused")).autoencoder.save_pretrained(ae_dir)
+    common = {"stage": "content", "precompute_latents": True, "autoencoder": str(ae_dir), "max_steps": 4,
+              "latent_samples_per_shard": 2, "num_workers": 0}
+    straight = train(config(tmp_path, "straight", **common), source)
+
+    calls: list[int] = []
+    real = latents.encode_clips
+
+    def killed_at_the_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(latents, "encode_clips", killed_at_the_third_batch)
+    cfg = config(tmp_path, "killed", **common)
     AcceleratorState._reset_state(reset_partial_state=True)
-    pipe = build_components(config(tmp_path, "unused"))
-    store = tmp_path / "store"
-    build_latent_store(clip_loader(start_step=0, rank=0, world_size=1, batch_size=2), store, pipe.autoencoder, None,
-                       rank=0, world_size=1, seed=0, num_samples=6)
-    losses: list[float] = []
-    train(config(tmp_path, "from_store", stage="content", max_steps=2),
-          lambda **kw: open_latent_loader(store, seed=0, **kw), on_step=lambda step, loss: losses.append(loss))
-    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, source)
+    store = next((tmp_path / "killed" / "latents").iterdir())
+    assert stored_samples(store, 0) == 4 and sorted(p.name for p in store.glob("*.tar")) == [
+        "shard-rank00000-000000.tar", "shard-rank00000-000001.tar"]  # 6 clips: 2 complete shards, 1 lost
+    calls.clear()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(cfg, source, stop_after_steps=3)  # the build resumes; then a kill after step 3 (checkpoint at 2)
+    assert len(calls) == 1  # only the missing batch was encoded again
+    AcceleratorState._reset_state(reset_partial_state=True)
+    steps: list[int] = []
+    resumed = train(cfg, source, on_step=lambda step, loss: steps.append(step))
+    assert steps == [3, 4] and len(calls) == 1  # the finished store is reused
+    for suffix in ("", "_raw"):
+        a = presets.build_pipeline(TINY).content_model.from_pretrained(str(straight) + suffix).state_dict()
+        b = presets.build_pipeline(TINY).content_model.from_pretrained(str(resumed) + suffix).state_dict()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=f"{suffix or 'ema'} {k}")
+    ids = lambda root: [s["meta.json"] for i in range(3) for s in LatentStore.open(root).read_shard(i)]  # noqa: E731
+    assert ids(store) == ids(next((tmp_path / "straight" / "latents").iterdir()))  # same clips, same order
+
+    shard = store / "shard-rank00000-000001.tar"
+    blob = bytearray(shard.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    shard.write_bytes(bytes(blob))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(LatentStoreError, match="shard .*shard-rank00000-000001.tar is corrupt"):
+        train(config(tmp_path, "on_corrupt", **common, latent_store=str(store.parent)), source)

@@ -27,7 +27,8 @@ from scipy import stats
 from cmdbench.cmd import presets
 from cmdbench.cmd.autoencoder import CMDAutoencoder
 from cmdbench.cmd.motion_dit import MotionDiT
-from cmdbench.cmd.training import InMemoryLatentBatch, StageTrainer, TrainConfig, build_components, train
+from cmdbench.cmd.training import StageTrainer, TrainConfig, build_components, train
+from cmdbench.data.latent_store import LatentBatch
 from cmdbench.data.synthetic import moving_shape
 from cmdbench.seeding import make_generators
 
@@ -92,7 +93,7 @@ def spied_trainer(preset: str, stage: str, call_through: bool = True, **kw) -> t
     return trainer, spy
 
 
-def latent_batch(trainer: StageTrainer, n: int, seed: int = 0) -> InMemoryLatentBatch:
+def latent_batch(trainer: StageTrainer, n: int, seed: int = 0) -> LatentBatch:
     pipe, preset = trainer.pipe, trainer.preset
     content_shape, motion_shape = pipe.latent_shapes(preset.num_frames, preset.height, preset.width)
     g = torch.Generator().manual_seed(seed)
@@ -101,7 +102,8 @@ def latent_batch(trainer: StageTrainer, n: int, seed: int = 0) -> InMemoryLatent
     conditions = (list(range(n)) if preset.conditioning == "class" else ["a red square moving"] * n)
     if preset.conditioning == "class":
         conditions = [c % preset.num_classes for c in conditions]
-    return InMemoryLatentBatch(content, motion, conditions)
+    ids = [f"clip{i}" for i in range(n)]
+    return LatentBatch(content, motion, conditions, ids, ids, [None] * n)
 
 
 # --- x_t, the schedule and the ε target ----------------------------------------------------------------
@@ -113,7 +115,7 @@ def test_noisy_input_follows_the_published_schedule_and_the_target_is_eps(preset
     batch = latent_batch(trainer, 64)
     target_name = "content" if stage == "content" else "motion"
     x0 = getattr(batch, target_name).double()
-    zero = InMemoryLatentBatch(**{**vars(batch), target_name: torch.zeros_like(getattr(batch, target_name))})
+    zero = LatentBatch(**{**vars(batch), target_name: torch.zeros_like(getattr(batch, target_name))})
     torch.manual_seed(3)
     loss_x0 = trainer.loss(batch)
     torch.manual_seed(3)  # the same noise, timesteps and dropout: only x0 differs

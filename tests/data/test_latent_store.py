@@ -156,6 +156,18 @@ def test_workers_give_the_same_batches(tmp_path):
     assert all(torch.equal(a.motion, b.motion) for a, b in zip(workers, plain, strict=True))
 
 
+def test_starting_a_loader_with_workers_leaves_the_global_rng_alone(tmp_path):
+    """A DataLoader draws its workers' base seed from its generator, by default the global torch RNG: a
+    resumed training run would then draw different noise than the straight run (seen in training)."""
+    write(tmp_path, range(6), per_shard=4)
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    loader = open_latent_loader(tmp_path, batch_size=2, seed=2, rank=0, world_size=1, num_workers=1)
+    next(loader)
+    assert torch.equal(torch.rand(3), want)
+
+
 _SLOW_WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
