@@ -81,14 +81,15 @@ def _build(name: str) -> Any:
 
 def sweep(generators: Sequence[str], grid: Sequence[tuple[int, int, int]], *, steps: int = STEPS,
           log: Callable[[str], None] = print) -> list[ScalingPoint]:
-    """Count and predict every generator at every grid setting (one fresh meta build per point)."""
+    """Count and predict every generator at every grid setting (one meta build per generator: the
+    prediction fakes its networks for a run and puts them back)."""
     points = []
     for name in generators:
+        gen = _build(name)
+        cond = getattr(gen, "conditioning", None)
         for frames, height, width in grid:
             try:
-                gen = _build(name)
                 cost = count_generator_cost(gen, frames, height, width, steps, name=name)
-                # the prediction fakes the meta networks in place: counted first, on the same build
                 memory, time = predict_sampling_cost(gen, num_frames=frames, height=height, width=width,
                                                      steps=steps, name=name)
             except UnsupportedSettingError as err:
@@ -98,9 +99,10 @@ def sweep(generators: Sequence[str], grid: Sequence[tuple[int, int, int]], *, st
             finally:
                 gc.collect()
             points.append(ScalingPoint(name, frames, height, width, "ok", cost=cost, memory=memory, time=time,
-                                       conditioning=getattr(gen, "conditioning", None)))
+                                       conditioning=cond))
             log(f"  {name} {height}x{width}x{frames}: {cost.paper_tmacs:.1f} TMAC, "
                 f"{memory.peak_excluding(EXCLUDED) / GIB:.2f} GiB predicted")
+        del gen
     return points
 
 

@@ -368,13 +368,15 @@ class CudaAutocast(TorchFunctionMode):
 
 
 def fake_parameters(module: torch.nn.Module, device: str, dtype: torch.dtype | None = None,
-                    *, requires_grad: bool = False) -> None:
-    """Replace ``module``'s parameters and buffers in place by uninitialised tensors on ``device``.
+                    *, requires_grad: bool = False) -> Callable[[], None]:
+    """Replace ``module``'s parameters and buffers in place by uninitialised tensors on ``device``; returns
+    a function that puts the original tensors back.
 
     Call inside a ``FakeTensorMode`` (then nothing is allocated). Floating tensors take ``dtype`` when given
     (what ``module.to(dtype)`` does); shared tensors stay shared. Works from meta-device modules.
     """
     memo: dict[int, torch.Tensor] = {}
+    saved: list[tuple[dict, str, torch.Tensor]] = []
 
     def remake(t: torch.Tensor, param: bool) -> torch.Tensor:
         if id(t) not in memo:
@@ -385,12 +387,17 @@ def fake_parameters(module: torch.nn.Module, device: str, dtype: torch.dtype | N
         return memo[id(t)]
 
     for m in module.modules():
-        for name, p in list(m._parameters.items()):
-            if p is not None:
-                m._parameters[name] = remake(p, True)
-        for name, b in list(m._buffers.items()):
-            if b is not None:
-                m._buffers[name] = remake(b, False)
+        for table, param in ((m._parameters, True), (m._buffers, False)):
+            for name, t in list(table.items()):
+                if t is not None:
+                    saved.append((table, name, t))
+                    table[name] = remake(t, param)
+
+    def restore() -> None:
+        for table, name, t in saved:
+            table[name] = t
+
+    return restore
 
 
 def _unique_modules(stages: Sequence[CostStage]) -> list[torch.nn.Module]:
@@ -480,8 +487,8 @@ def fake_generator_stages(generator: Any, *, num_frames: int, height: int, width
                           tracker: LiveMemory | None = None) -> Iterator[list[CostStage]]:
     """``generator.cost_stages(...)`` with every network's weights faked on ``device`` in ``dtype``.
 
-    Yields inside the ``FakeTensorMode`` (and ``tracker``, which then sees the weights allocated). The
-    networks are changed in place: build the generator on the meta device for this.
+    Yields inside the ``FakeTensorMode`` (and ``tracker``, which then sees the weights allocated); the
+    networks get their own (meta) tensors back on exit, so one meta build serves many settings.
     ``UnsupportedSettingError`` from the generator propagates.
     """
     if not hasattr(generator, "cost_stages"):
@@ -494,7 +501,7 @@ def fake_generator_stages(generator: Any, *, num_frames: int, height: int, width
         if tracker is not None:
             stack.enter_context(tracker)
         for m in modules:
-            fake_parameters(m, device, dtype)
+            stack.callback(fake_parameters(m, device, dtype))
         # The stages' input closures read the device/dtype of the (now fake) weights: describe them again.
         yield generator.cost_stages(**setting)
 
@@ -542,7 +549,8 @@ def predict_sampling_memory(
 ) -> MemoryPrediction:
     """Predicted CUDA memory of ``generator.sample`` for ``batch_size`` videos at a setting, per stage.
 
-    ``generator``: built on the meta device (its networks get fake weights in ``dtype``, in place).
+    ``generator``: built on the meta device (its networks get fake weights in ``dtype`` for the run and
+    their own tensors back after it).
     ``autocast``: ``None`` (pure ``dtype`` inference, as the samplers here run) or a low-precision dtype name
     for mixed precision (``dtype="float32"`` weights under CUDA autocast). ``sdpa``: an attention backend
     for every stage, or a mapping stage name -> backend (missing stages: ``auto``).
@@ -630,7 +638,7 @@ def predict_training_memory(
 
     ``generator`` is built on the meta device; its training description comes from
     :func:`cmdbench.metrics.efficiency.training_stages` (``training_cost_stages`` or the denoisers) and
-    the trained network's weights are faked in place. ``precision``: ``amp-fp16`` / ``amp-bf16`` (float32
+    the trained network's weights are faked for the run (and put back after it). ``precision``: ``amp-fp16`` / ``amp-bf16`` (float32
     weights, CUDA autocast), or ``fp32`` / ``bf16`` / ``fp16`` (weights, gradients and states in that dtype).
     ``ema``: keep a float32 exponential-moving-average copy of the weights on the GPU (diffusers'
     ``EMAModel`` after ``.to(device)``, as ``cmdbench.cmd.training`` does). Frozen networks a training loop
@@ -653,38 +661,41 @@ def predict_training_memory(
     phase_peaks: dict[str, int] = {}
     with FakeTensorMode(allow_non_fake_inputs=False), tracker:
         module = next(s.module for s in described if s.name == stage)
-        fake_parameters(module, "cpu", weight_dtype, requires_grad=True)
-        st = next(s for s in training_stages(generator, **setting)[0] if s.name == stage)
-        params = [p for p in module.parameters() if p.requires_grad]
-        weights = tracker.current
-        shadow = [torch.empty(p.shape, dtype=torch.float32, device=p.device) for p in params] if ema else []
-        opt = torch.optim.Adam(params, lr=lr, foreach=True)
-        for p in params:  # steady state: the moments exist before the step, as after the first one
-            opt.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-        states = tracker.current - weights - sum(allocated_size(t.numel() * 4) for t in shadow)
-        gc.collect(GC_GENERATION)
-        tracker.reset_peak()
-        with ExitStack() as stack:
-            stack.enter_context(FusedAttention(sdpa))
-            if amp:
-                stack.enter_context(CudaAutocast(low))
-            out = _first_tensor(_call(st, st.make_inputs(batch_size)))
-            target = torch.empty(out.shape, dtype=torch.float32, device=out.device)
-            loss = F.mse_loss(out.float(), target)
-        del out, target
-        phase_peaks["forward"] = tracker.peak
-        tracker.reset_peak()
-        loss.backward()
-        del loss
-        gc.collect(GC_GENERATION)
-        phase_peaks["backward"] = tracker.peak
-        grads = sum(allocated_size(p.grad.numel() * p.grad.element_size()) for p in params if p.grad is not None)
-        tracker.reset_peak()
-        opt.step()
-        if ema:  # diffusers EMAModel.step: shadow <- shadow - (1 - decay) * (shadow - param)
-            torch._foreach_lerp_(shadow, [p.detach() for p in params], 1e-3)
-        phase_peaks["optimizer"] = tracker.peak
-        opt.zero_grad(set_to_none=True)
+        restore = fake_parameters(module, "cpu", weight_dtype, requires_grad=True)
+        try:
+            st = next(s for s in training_stages(generator, **setting)[0] if s.name == stage)
+            params = [p for p in module.parameters() if p.requires_grad]
+            weights = tracker.current
+            shadow = [torch.empty(p.shape, dtype=torch.float32, device=p.device) for p in params] if ema else []
+            opt = torch.optim.Adam(params, lr=lr, foreach=True)
+            for p in params:  # steady state: the moments exist before the step, as after the first one
+                opt.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            states = tracker.current - weights - sum(allocated_size(t.numel() * 4) for t in shadow)
+            gc.collect(GC_GENERATION)
+            tracker.reset_peak()
+            with ExitStack() as stack:
+                stack.enter_context(FusedAttention(sdpa))
+                if amp:
+                    stack.enter_context(CudaAutocast(low))
+                out = _first_tensor(_call(st, st.make_inputs(batch_size)))
+                target = torch.empty(out.shape, dtype=torch.float32, device=out.device)
+                loss = F.mse_loss(out.float(), target)
+            del out, target
+            phase_peaks["forward"] = tracker.peak
+            tracker.reset_peak()
+            loss.backward()
+            del loss
+            gc.collect(GC_GENERATION)
+            phase_peaks["backward"] = tracker.peak
+            grads = sum(allocated_size(p.grad.numel() * p.grad.element_size()) for p in params if p.grad is not None)
+            tracker.reset_peak()
+            opt.step()
+            if ema:  # diffusers EMAModel.step: shadow <- shadow - (1 - decay) * (shadow - param)
+                torch._foreach_lerp_(shadow, [p.detach() for p in params], 1e-3)
+            phase_peaks["optimizer"] = tracker.peak
+            opt.zero_grad(set_to_none=True)
+        finally:
+            restore()
     phase = max(phase_peaks, key=lambda k: phase_peaks[k])
     return TrainingMemory(stage=stage, batch_size=batch_size, precision=precision, weights=weights,
                           gradients=grads, optimizer_states=states, peak=phase_peaks[phase], peak_phase=phase,

@@ -354,3 +354,15 @@ def test_rounding_formula_is_not_a_plain_byte_count():
     dims = (3, 5, 7)
     pred = predict_sampling_memory(ChainGenerator(dims), num_frames=1, height=1, width=1, dtype="float32")
     assert pred.stages[0].peak == 2 * BLOCK + 3 * BLOCK  # two weight blocks + three live activation blocks
+
+
+def test_prediction_puts_the_meta_weights_back_so_one_build_serves_many_settings():
+    gen = ChainGenerator(DIMS)
+    before = [id(p) for p in gen.net.parameters()]
+    first = predict_sampling_memory(gen, num_frames=1, height=1, width=1, batch_size=3, dtype="float32")
+    assert [id(p) for p in gen.net.parameters()] == before
+    assert all(p.device.type == "meta" for p in gen.net.parameters())
+    again = predict_sampling_memory(gen, num_frames=1, height=1, width=1, batch_size=3, dtype="float32")
+    assert again.stages == first.stages
+    predict_training_memory(gen, "denoiser", num_frames=1, height=1, width=1, precision="fp32")
+    assert [id(p) for p in gen.net.parameters()] == before
