@@ -7,6 +7,7 @@ from functools import partial
 
 from cmdbench.metrics.clipsim import CLIPSIM
 from cmdbench.metrics.fvd import DEFAULT_PRESET, FVD, PRESETS, PROTOCOL_METRICS
+from cmdbench.metrics.fvmd import fvmd
 from cmdbench.metrics.jedi import jedi
 from cmdbench.metrics.kvd import kvd
 from cmdbench.metrics.videomae import fvd_videomae
@@ -74,4 +75,9 @@ METRICS.register(
     "kvd", kvd,
     description="KVD: unbiased MMD^2, cubic kernel (x.y/d+1)^3 on I3D features of an FVD preset, mean +- std "
     "over 100 subsets of 1000 (lower is better)",
+)
+METRICS.register(
+    "fvmd", fvmd,
+    description="FVMD: Frechet distance of PIPs++ velocity/acceleration histograms (20x20 points, 16-frame clips, "
+    "2048/2048), as fvmd 1.0.0 (lower is better; offline stand-in: extractor=pips-random-tiny)",
 )
