@@ -10,6 +10,7 @@ from cmdbench.metrics.fvd import DEFAULT_PRESET, FVD, PRESETS, PROTOCOL_METRICS
 from cmdbench.metrics.fvmd import fvmd
 from cmdbench.metrics.jedi import jedi
 from cmdbench.metrics.kvd import kvd
+from cmdbench.metrics.motion import motion_metric
 from cmdbench.metrics.videomae import fvd_videomae
 from cmdbench.registry import METRICS
 
@@ -81,3 +82,13 @@ METRICS.register(
     description="FVMD: Frechet distance of PIPs++ velocity/acceleration histograms (20x20 points, 16-frame clips, "
     "2048/2048), as fvmd 1.0.0 (lower is better; offline stand-in: extractor=pips-random-tiny)",
 )
+for _flow, _what in (("farneback", "OpenCV Farneback dense flow, no weights"),
+                     ("raft_small", "torchvision RAFT-small, weights raft_small"),
+                     ("raft_large", "torchvision RAFT-large, weights raft_large")):
+    _motion = partial(motion_metric, _flow)
+    _motion.options = ("flow_path", "device", "size")
+    METRICS.register(
+        f"motion-{_flow.replace('_', '-')}", _motion,
+        description=f"mean optical-flow magnitude of the generated videos, px/frame at a 256-px short side "
+        f"({_what}; per-video values kept; no better direction)",
+    )
