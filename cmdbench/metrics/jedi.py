@@ -78,6 +78,7 @@ class JEDi(FVD):
     """
 
     higher_is_better = False
+    uses_covariance = False  # no Gaussian fit: any count >= 2 is defined (harnesses skip FVD's n > dim check)
 
     def __init__(self, protocol: str | EvalProtocol | None = None, *, reference: FeatureStats | str | Path | None = None,
                  extractor: Any = None, extractor_path: str | Path | None = None,

@@ -105,6 +105,7 @@ class KVD(FVD):
     """
 
     higher_is_better = False
+    uses_covariance = False  # no Gaussian fit: any count >= 2 is defined (harnesses skip FVD's n > dim check)
 
     def __init__(self, protocol: str | EvalProtocol = DEFAULT_PRESET, *,
                  reference: FeatureStats | str | Path | None = None, extractor: Any = None,
