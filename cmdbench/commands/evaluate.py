@@ -472,11 +472,20 @@ def resume_meta(writer: Any, source: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+# Library messages name Python arguments; on this command line they are flags.
+FLAG_WORDS = (("pass strict=False", "pass --non-strict"), ("strict=False", "--non-strict"),
+              ("allow_singular=True", "--allow-singular"))
+
+
 def fail(name: str, err: BaseException, failures: dict[str, str], metrics: dict[str, Any] | None = None) -> None:
-    """Record a metric's failure (one line, no traceback for our own errors) and drop it from the run."""
+    """Record a metric's failure (one line, no traceback for our own errors, flags instead of Python argument
+    names) and drop the metric from the run."""
     from cmdbench.cli import is_user_error
 
-    failures[name] = str(err) if is_user_error(err) or isinstance(err, MetricFailure) else f"{type(err).__name__}: {err}"
+    text = str(err) if is_user_error(err) or isinstance(err, MetricFailure) else f"{type(err).__name__}: {err}"
+    for words, flag in FLAG_WORDS:
+        text = text.replace(words, flag)
+    failures[name] = text
     print(f"{name}: cannot be computed: {failures[name]} (the other metrics go on)", file=sys.stderr)
     if metrics is not None:
         metrics.pop(name, None)

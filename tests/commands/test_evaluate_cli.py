@@ -269,3 +269,31 @@ def test_unavailable_device_is_one_line(cli, monkeypatch, capsys, argv):
     err = capsys.readouterr().err.strip()
     assert "--device='cuda': cuda is not available on this machine" in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_library_messages_reach_the_user_as_flags():
+    from cmdbench.commands.evaluate import fail
+    from cmdbench.metrics.frechet import InsufficientSamplesError
+
+    failures: dict[str, str] = {}
+    fail("fvd2048_16f", InsufficientSamplesError("bootstrap round 3: singular; use more samples or "
+                                                 "allow_singular=True"), failures)
+    fail("kvd", ValueError("other counts are not comparable; pass strict=False to compute it anyway"), failures)
+    assert failures["fvd2048_16f"].endswith("use more samples or --allow-singular")
+    assert failures["kvd"].endswith("pass --non-strict to compute it anyway")
+
+
+def test_conformance_labels():
+    from types import SimpleNamespace
+
+    from cmdbench.commands.evaluate import conformance
+    from cmdbench.metrics.fvd import get_protocol
+
+    def metric(n_real, n_fake, name="fvd2048_16f"):
+        return SimpleNamespace(reference=SimpleNamespace(n=n_real), fake=SimpleNamespace(n=n_fake),
+                               protocol=get_protocol("videogpt", name))
+
+    assert conformance(metric(2048, 2048)) == (True, "conformant (2048 real / 2048 fake)")
+    assert conformance(metric(2048, 2000))[1] == "not conformant (2048 real / 2000 fake; the protocol takes 2048 / 2048)"
+    assert conformance(metric(None, 2048))[0] is False  # a peer file's unknown count is never conformant
+    assert conformance(metric(13320, 10_000, "fvd10k_16f")) == (True, "conformant (13320 real / 10000 fake)")
