@@ -14,6 +14,7 @@ the files on disk are history and stay as written.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -301,30 +302,29 @@ def predicted_ratios(rec: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+_OPS = re.compile(r"(\d+) ops per call x (\d+) calls")
+
+
 def prediction_breakdown(rec: pd.DataFrame) -> pd.DataFrame:
     """Per stage: predicted peak memory at batch 1 and 4 (GiB, weights of every network included) and A100
-    roofline time (s/video), with ops per call; the rows that explain a miss against Table 9."""
+    roofline time (s/video), with ops per call x calls; the rows that explain a miss against Table 9."""
     rows = []
     for method, gen in MAIN:
         sel = _predicted(rec, gen)
         mem = sel[sel["metric"].astype("string").str.startswith("predicted_peak_memory/")]
         for stage in sorted({m.split("/", 1)[1] for m in mem["metric"]}):
-            def mem_at(b: int, _stage: str = stage, _sel: pd.DataFrame = sel) -> float | None:
-                return _value(_sel, metric=f"predicted_peak_memory/{_stage}", batch_size=b)
-
             t = _get(sel, metric=f"predicted_time/A100-40GB/{stage}", batch_size=1, steps=50)
-            notes = str(t["notes"].iloc[-1]) if not t.empty else ""
-            rows.append({"Method": method, "stage": stage, "pred. peak B=1 (GiB)": _fmt(mem_at(1)),
-                         "pred. peak B=4 (GiB)": _fmt(mem_at(4)),
+            ops = _OPS.search(str(t["notes"].iloc[-1])) if not t.empty else None
+            rows.append({"Method": method, "stage": stage,
+                         "pred. peak B=1 (GiB)": _fmt(_value(sel, metric=f"predicted_peak_memory/{stage}", batch_size=1)),
+                         "pred. peak B=4 (GiB)": _fmt(_value(sel, metric=f"predicted_peak_memory/{stage}", batch_size=4)),
                          "pred. A100 time (s/video)": _fmt(float(t["value"].iloc[-1]) if not t.empty else None, 3),
-                         "ops x calls": notes.split(", call batch")[0].replace(" ops per call x ", " x ")})
-        weights = _get(sel, metric="predicted_peak_memory", batch_size=1)
-        if not weights.empty:
-            note = str(weights["notes"].iloc[-1])
-            rows.append({"Method": method, "stage": "(weights, all networks)",
-                         "pred. peak B=1 (GiB)": note.split("weights ")[1].split(" GiB")[0] if "weights " in note
-                         else DASH, "pred. peak B=4 (GiB)": DASH, "pred. A100 time (s/video)": DASH,
-                         "ops x calls": DASH})
+                         "ops/call x calls": f"{ops.group(1)} x {ops.group(2)}" if ops else DASH})
+        weights = _value(sel, metric="predicted_weights_memory", batch_size=1)
+        if weights is not None:
+            rows.append({"Method": method, "stage": "(weights of all networks)", "pred. peak B=1 (GiB)": _fmt(weights),
+                         "pred. peak B=4 (GiB)": _fmt(_value(sel, metric="predicted_weights_memory", batch_size=4)),
+                         "pred. A100 time (s/video)": DASH, "ops/call x calls": DASH})
     return pd.DataFrame(rows)
 
 

@@ -246,13 +246,17 @@ def record_training(rec: Recorder, name: str, setting: Setting = TRAINING_SETTIN
 
 def record_memory_prediction(rec: Recorder, name: str, mem: MemoryPrediction, setting: Setting, *,
                              protocol: str = MEMORY_PROTOCOL, conditioning: str | None = None) -> None:
-    """``predicted_peak_memory`` (whole call) and ``predicted_peak_memory/<stage>``, GiB."""
+    """``predicted_peak_memory`` (whole call), ``predicted_weights_memory`` and ``predicted_peak_memory/<stage>``,
+    GiB."""
     common = dict(generator=name, setting=setting, batch_size=mem.batch_size, dtype=mem.dtype, protocol=protocol,
                   conditioning=conditioning, n=1)
     rec.add(metric="predicted_peak_memory", value=mem.peak / GIB, unit="GiB",
             notes=f"max over stages; weights {mem.weights / GIB:.3f} GiB, cuBLAS workspaces "
                   f"{mem.workspace / 2**20:.2f} MiB; segment-rounded (reserved) estimate "
                   f"{mem.peak_reserved / GIB:.3f} GiB; CUDA context and cuDNN workspaces not included", **common)
+    rec.add(metric="predicted_weights_memory", value=mem.weights / GIB, unit="GiB",
+            notes="parameters and buffers of every network the sampler keeps on the GPU, allocator-rounded",
+            **common)
     for st in mem.stages:
         rec.add(metric=f"predicted_peak_memory/{st.stage}", value=mem.stage_peak(st.stage) / GIB, unit="GiB",
                 notes=f"call batch {st.batch}; activations {st.activations / GIB:.3f} GiB; attention "

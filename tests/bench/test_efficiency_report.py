@@ -10,6 +10,7 @@ import pytest
 
 from cmdbench.bench.efficiency_report import (
     predicted_ratios,
+    prediction_breakdown,
     render,
     table8,
     table9_flops,
@@ -189,6 +190,10 @@ def test_table9_predicted_reads_stage_rows_without_the_vae_decoder(tmp_path):
     assert r.loc["ModelScope / CMD time", "paper (A100, measured)"] == "11.21"
     assert r.loc["ModelScope / CMD time", "predicted A100-40GB"] == f"{17.55 / 1.56:.2f}"
     assert r.loc["ModelScope / CMD time", "predicted H200"] == "–"  # CMD has no H200 row
+    b = prediction_breakdown(recs).set_index(["Method", "stage"])
+    assert b.loc[("ModelScope", "denoiser"), "ops/call x calls"] == "100 x 50"
+    assert b.loc[("ModelScope", "denoiser"), "pred. peak B=4 (GiB)"] == f"{21.3 * 1.1:.2f}"
+    assert b.loc[("ModelScope", "vae_decoder"), "pred. A100 time (s/video)"] == "1.000"
     md = (render(results)[0].parent / "efficiency.md").read_text()
     assert "paper vs predicted without a GPU" in md and "Per-stage breakdown" in md
 
