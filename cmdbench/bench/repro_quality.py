@@ -702,6 +702,13 @@ TABLES: dict[str, Callable[[Run], None]] = {"ucf101": table1, "msrvtt": table2, 
 
 def reproduce(table: str, argv: Sequence[str]) -> int:
     args = build_parser(table).parse_args(list(argv))
+    given = [f for f in ("--checkpoint", "--t2v-checkpoint") if any(a == f or a.startswith(f + "=") for a in argv)]
+    if args.tiny and given:  # --tiny samples its own tiny generators on synthetic data: a checkpoint would be unused
+        raise ValueError(
+            f"reproduce {table} --tiny runs fixed tiny generators on synthetic videos and does not load {given[0]}; "
+            "score a trained model (e.g. an assembled miniature) with `cmdbench evaluate --generator NAME "
+            "--checkpoint DIR`, or drop --tiny for the real reproduction"
+        )
     missing = missing_inputs(table, args)
     if missing:
         raise MissingInputsError(

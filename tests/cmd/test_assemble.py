@@ -5,8 +5,10 @@ UCF-101 made of encoded video files."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
+import pandas
 import pytest
 import torch
 from accelerate.state import AcceleratorState
@@ -167,19 +169,19 @@ def test_loading_errors_name_the_fix(runs, tmp_path):
 
 
 def test_cli_trains_three_stages_on_ucf101_files_assembles_samples_and_evaluates(tmp_path, capsys):
-    """A miniature UCF-101 of AVI files -> autoencoder -> content -> motion (cmd-ucf101-64 miniature) ->
-    assemble -> sample and evaluate from the assembled folder, all through the CLI."""
+    """A miniature UCF-101 of AVI files -> autoencoder -> content -> motion (cmd-ucf101-64 miniature, 16 frames)
+    -> assemble -> sample and evaluate from the assembled folder, all through the CLI."""
     from cmdbench.cli import main
     from cmdbench.data.synthetic import write_fake_ucf101
-    from cmdbench.metrics.fvd import FVD, get_protocol
 
     root = write_fake_ucf101(tmp_path / "ucf", classes=(0, 1, 2), train_per_class=2, test_per_class=1)
     base = {"preset": "cmd-ucf101-64", "tiny": True, "dataset": "ucf101", "data_dir": str(root), "batch_size": 2,
             "max_steps": 2, "checkpoint_every": 2, "learning_rate": 1e-3}
-    stages = {
-        "autoencoder": {},
-        "content": {"autoencoder": str(tmp_path / "ae")},
-        "motion": {"autoencoder": str(tmp_path / "ae"), "gradient_accumulation_steps": 2},
+    stages = {  # decoding in the training process, in a DataLoader worker, and into a latent store
+        "autoencoder": {"num_workers": 0},
+        "content": {"autoencoder": str(tmp_path / "ae"), "num_workers": 1},
+        "motion": {"autoencoder": str(tmp_path / "ae"), "gradient_accumulation_steps": 2, "num_workers": 0,
+                   "precompute_latents": True, "clips_per_video": 2},
     }
     dirs = {"autoencoder": tmp_path / "ae", "content": tmp_path / "content", "motion": tmp_path / "motion"}
     for stage, extra in stages.items():
@@ -188,7 +190,11 @@ def test_cli_trains_three_stages_on_ucf101_files_assembles_samples_and_evaluates
         _reset()
         assert main(["train", stage, "--config", str(cfg)]) == 0, stage
     printed = capsys.readouterr().out
-    assert "6 clips" in printed and "global batch 4 (2 x 1 process(es) x 2 accumulation)" in printed
+    assert "6 clips per epoch" in printed and "12 clips per epoch" in printed  # 6 train videos, 1 or 2 windows each
+    assert "global batch 4 (2 x 1 process(es) x 2 accumulation)" in printed
+    assert "data ucf101: listed=6 usable=6" in printed  # the dataset report, once per run
+    (store,) = (dirs["motion"] / "latents").iterdir()
+    assert json.loads((store / "index-rank00000.json").read_text())["num_samples"] == 12  # one epoch, encoded
     _reset()
     out = tmp_path / "cmd"
     assert main(["train", "assemble", "--autoencoder", str(dirs["autoencoder"]), "--content",
@@ -199,19 +205,24 @@ def test_cli_trains_three_stages_on_ucf101_files_assembles_samples_and_evaluates
     assert main(["sample", "cmd-ucf101-64", "--checkpoint", str(out), "--seeds", "0-1", "--steps", "2",
                  "--out", str(samples)]) == 0
     assert sorted(p.name for p in samples.glob("*.mp4")) == ["seed-000000.mp4", "seed-000001.mp4"]
-    # evaluate --generator loads and samples the same folder; the 16-frame FVD protocols then refuse the
-    # miniature's 8-frame clips by name (a full-size folder has the 16 frames they need).
-    metric = FVD(get_protocol("tats"), extractor="i3d-random-tiny")
-    stats = metric.new_stats("real")  # reference metadata for (tats, the tiny extractor); features made up
-    stats.update(torch.randn(3, 400, generator=torch.Generator().manual_seed(0)).double() * 0.1)
-    stats.save(tmp_path / "ref.npz")
+    # evaluate --generator loads and samples the same folder and scores it with a 16-frame FVD protocol against
+    # the real videos of the miniature (the random-weight I3D stand-in: the value only shows the path runs).
     capsys.readouterr()
     assert main(["evaluate", "--generator", "cmd-ucf101-64", "--checkpoint", str(out), "--seeds", "0-1",
                  "--steps", "2", "--metric", "fvd2048_16f", "--extractor", "i3d-random-tiny", "--protocol", "tats",
-                 "--ref-stats", str(tmp_path / "ref.npz"), "--records", str(tmp_path / "records"),
-                 "--non-strict", "--allow-singular"]) == 2
-    assert "videos have 8 frames; 16 frames" in capsys.readouterr().err
+                 "--real", str(root / "UCF-101"), "--num-real", "0", "--records", str(tmp_path / "records"),
+                 "--cache-dir", str(tmp_path / "ref_cache"), "--non-strict", "--allow-singular"]) == 0
+    printed = capsys.readouterr().out
+    assert "fvd2048_16f = " in printed and "16 frames each" in printed and "RANDOM WEIGHTS" in printed
+    assert "not conformant (9 real / 2 fake" in printed  # the UCF-101 tree's 9 videos, 2 seeds
+    (row,) = pandas.read_csv(next((tmp_path / "records").glob("eval-*.csv"))).to_dict("records")
+    assert (row["generator"], row["checkpoint"], row["metric"], row["num_frames"]) == (
+        "cmd-ucf101-64", str(out), "fvd2048_16f", 16)
+    assert math.isfinite(row["value"]) and row["value"] >= 0
     # Loading the stage folder itself points at the assembly command.
     assert main(["sample", "cmd-ucf101-64", "--checkpoint", str(dirs["motion"]), "--seeds", "0",
                  "--out", str(tmp_path / "s2")]) == 2
     assert "cmdbench train assemble" in capsys.readouterr().err
+    # reproduce --tiny samples its own tiny generators: it refuses a checkpoint instead of ignoring it.
+    assert main(["reproduce", "ucf101", "--tiny", "--checkpoint", str(out), "--work-dir", str(tmp_path / "w")]) == 2
+    assert "does not load --checkpoint; score a trained model" in capsys.readouterr().err

@@ -68,7 +68,7 @@ def pixel_pipe():
 @pytest.fixture(scope="module")
 def latent_pipe():
     torch.manual_seed(0)
-    return build_pipeline(miniature(SD15_512))  # 8x32x32 clips -> tiny SD VAE latents 4x8x4x4
+    return build_pipeline(miniature(SD15_512))  # 16x32x32 clips -> tiny SD VAE latents 4x16x4x4
 
 
 # --- videos_to_model_space -------------------------------------------------------------------------------
@@ -114,13 +114,13 @@ def test_autocast_runs_the_frozen_encoders_in_bf16(latent_pipe):
 
     hooks = [latent_pipe.vae.encoder.conv_in.register_forward_hook(record),
              latent_pipe.autoencoder.encoder_pre_layer.register_forward_hook(record)]
-    v = videos(2, 8, 32)
+    v = videos(2, 16, 32)
     try:
         full = encode_clips(v, latent_pipe.autoencoder, latent_pipe.vae, gens(1, 2))
-        assert seen == [torch.float32, torch.float32]
+        assert seen == [torch.float32] * 3  # 32 frames: two VAE calls of 16, one autoencoder call
         seen.clear()
         half = encode_clips(v, latent_pipe.autoencoder, latent_pipe.vae, gens(1, 2), autocast_dtype=torch.bfloat16)
-        assert seen == [torch.bfloat16, torch.bfloat16]
+        assert seen == [torch.bfloat16] * 3
     finally:
         for h in hooks:
             h.remove()
@@ -236,7 +236,7 @@ def test_latent_mode_store_matches_the_single_call_encoding_with_each_samples_se
     build_latent_store(batches_of(latent_pipe, 0, 5, 2, keys=True), tmp_path, ae, vae, rank=0, world_size=1, seed=3,
                        samples_per_shard=2, max_frames_per_call=3)
     stored = read_all(tmp_path, 5)
-    clips = videos(5, 8, 32)
+    clips = videos(5, 16, 32)
     seeds = [sample_seed(3, 0, i, Key(0, i, 0)) for i in range(5)]
     with torch.no_grad():
         content, motion = ae.encode(unbounded_reference(clips, vae, gens(*seeds)))

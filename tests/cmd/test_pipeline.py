@@ -258,7 +258,7 @@ def test_latent_mode_decodes_each_frame_with_the_vae_scaling_factor(latent_pipe)
     assert len(vae.calls) == ae_video.shape[2]
     for i, (args, _) in enumerate(vae.calls):
         torch.testing.assert_close(args[0], ae_video[:, :, i] / scale)
-    assert frames.shape == (1, 8, 3, 32, 64) and frames.min() >= -1 and frames.max() <= 1
+    assert frames.shape == (1, 16, 3, 32, 64) and frames.min() >= -1 and frames.max() <= 1
 
 
 def test_output_types(text_pipe):

@@ -118,13 +118,13 @@ def test_sampling_runs_the_presets_motion_steps_and_cost_keeps_table9_reading(me
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         gen = presets.CMDGenerator(preset, presets.build_pipeline(preset), GeneratorSpec(tiny=True))
-    kw = {"labels": [4], "num_frames": 8, "height": 16, "width": 16, "generator": make_generators([0])}
+    kw = {"labels": [4], "num_frames": 16, "height": 16, "width": 16, "generator": make_generators([0])}
     for steps, motion_override, expected in ((3, None, (3, 5)), (2, None, (2, 2)), (3, 4, (3, 4))):
         gen.motion_steps = motion_override
         with _CallCounter(gen.pipeline.content_model) as content, _CallCounter(gen.pipeline.motion_model) as motion:
             gen.sample(steps=steps, **{**kw, "generator": make_generators([0])})
         assert (content.calls, motion.calls) == expected, (steps, motion_override)
-        counted = {s.name: s.calls for s in gen.cost_stages(num_frames=8, height=16, width=16, steps=steps)}
+        counted = {s.name: s.calls for s in gen.cost_stages(num_frames=16, height=16, width=16, steps=steps)}
         assert (counted["content"], counted["motion"]) == (steps, motion_override or steps)
 
 
@@ -141,7 +141,7 @@ def test_tiny_generators_follow_the_protocol():
         gen.sample(num_frames=8, height=16, width=16, steps=2, generator=make_generators([0]))
     ucf = GENERATORS.get("cmd-ucf101-64")(GeneratorSpec(tiny=True))
     with pytest.raises(ConditioningError, match="0..100"):
-        ucf.sample(labels=[101], num_frames=8, height=16, width=16, steps=2, generator=make_generators([0]))
+        ucf.sample(labels=[101], num_frames=16, height=16, width=16, steps=2, generator=make_generators([0]))
 
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path):

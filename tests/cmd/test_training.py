@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -178,6 +179,17 @@ def test_bad_configs(tmp_path):
         TrainConfig(stage="motion", output_dir="x", mixed_precision="fp8")
     with pytest.raises(TrainConfigError, match="unknown keys"):
         TrainConfig.from_dict({"stage": "motion", "output_dir": "x", "lr": 1.0})
+    with pytest.raises(TrainConfigError, match=r"dataset_options\['stride'\] is a clip setting, not a listing option "
+                                               r"of the 'folder' dataset: set the top-level TrainConfig field \"stride\""):
+        TrainConfig(stage="motion", output_dir="x", dataset_options={"stride": 2})
+    with pytest.raises(TrainConfigError, match=r"\['num_clips'\].*field \"clips_per_video\""):
+        TrainConfig(stage="motion", output_dir="x", dataset_options={"num_clips": 4})
+    with pytest.raises(TrainConfigError, match="both stride=2 and fps=8"):
+        TrainConfig(stage="motion", output_dir="x", stride=2, fps=8)
+    with pytest.raises(TrainConfigError, match="policy='ignore' is not allowed"):
+        TrainConfig(stage="motion", output_dir="x", policy="ignore")
+    with pytest.raises(TrainConfigError, match="num_workers=-1"):
+        TrainConfig(stage="motion", output_dir="x", num_workers=-1)
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
     with pytest.raises(TrainConfigError, match="bad.json"):
@@ -198,7 +210,9 @@ def test_bad_configs(tmp_path):
 
 def test_cli_trains_from_a_folder_of_videos(tmp_path, capsys):
     from cmdbench.cli import main
+    from cmdbench.commands.train import build_dataset
     from cmdbench.data.synthetic import write_folder
+    from cmdbench.data.train_clips import TrainClipSpec
 
     write_folder(tmp_path / "videos", 3, num_frames=10, height=20, width=20)
     cfg = tmp_path / "cfg.json"
@@ -208,9 +222,22 @@ def test_cli_trains_from_a_folder_of_videos(tmp_path, capsys):
     assert main(["train", "content", "--config", str(cfg)]) == 0
     assert (tmp_path / "run" / "final" / "content_model" / "config.json").is_file()
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step-00000001", "step-00000002"]
-    assert "3 clips" in capsys.readouterr().out
+    assert "3 clips per epoch" in capsys.readouterr().out
     AcceleratorState._reset_state(reset_partial_state=True)
     assert main(["train", "motion", "--config", str(tmp_path / "missing.json")]) == 2
+    # Clip settings are config fields, routed to the training clips; the listing options are checked.
+    fields = {"stride": 2, "clips_per_video": 3, "policy": "skip", "num_workers": 0, "seed": 4}
+    source = build_dataset(TrainConfig(stage="content", output_dir="x", dataset="folder",
+                                       data_dir=str(tmp_path / "videos"), **fields))
+    assert source.dataset.spec == TrainClipSpec(num_frames=8, size=(16, 16), stride=2, clips_per_video=3, seed=4,
+                                                policy="skip")
+    assert len(source) == 9 and source.num_workers == 0
+    for options, message in (({"stride": 2}, 'set the top-level TrainConfig field "stride"'),
+                             ({"split": "train"}, "unknown option\\(s\\) \\['split'\\]; allowed \\['captions'\\]")):
+        cfg.write_text(json.dumps({"dataset": "folder", "data_dir": str(tmp_path / "videos"), "output_dir": "x",
+                                   "dataset_options": options}))
+        assert main(["train", "content", "--config", str(cfg)]) == 2
+        assert re.search(message, capsys.readouterr().err), options
 
 
 @pytest.mark.slow
@@ -498,9 +525,9 @@ def test_autoencoder_held_out_psnr_rises_on_mp4_footage(tmp_path):
     from cmdbench.data.datasets import folder
     from cmdbench.data.synthetic import write_folder
 
-    write_folder(tmp_path / "train", 16, num_frames=12, height=32, width=32, seed=0)
-    write_folder(tmp_path / "held_out", 4, num_frames=12, height=32, width=32, seed=1000)
-    spec = ClipSpec(num_frames=8, size=(16, 16), seed=0)
+    write_folder(tmp_path / "train", 16, num_frames=20, height=32, width=32, seed=0)
+    write_folder(tmp_path / "held_out", 4, num_frames=20, height=32, width=32, seed=1000)
+    spec = ClipSpec(num_frames=16, size=(16, 16), seed=0)  # the cmd-ucf101-64 miniature's clips
     train_clips = list(folder(tmp_path / "train", clip=spec))  # decoded once: the loop is what is timed here
     held = torch.stack([item.video for item in folder(tmp_path / "held_out", clip=spec)])
     x = (held.float() / 127.5 - 1).permute(0, 2, 1, 3, 4)  # (N, 3, T, H, W)
