@@ -66,6 +66,7 @@ def test_building_any_light_commands_parser_imports_no_torch():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_version_help_and_cached_list_import_no_torch(tmp_path):
     env = {"CMDBENCH_CACHE": str(tmp_path)}
     code = """
@@ -167,13 +168,6 @@ def test_cached_listing_is_replayed_with_its_plugin_lines(tmp_path, monkeypatch,
     assert not list_cmd.cached_listing(refresh=True)[1] and calls == [1, 1]
     monkeypatch.setattr(list_cmd, "nothing_registered_yet", lambda: False)  # a caller registered names itself
     assert not list_cmd.cached_listing()[1] and len(calls) == 3
-
-
-def test_list_output(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("CMDBENCH_CACHE", str(tmp_path))
-    assert cli.main(["list", "metrics"]) == 0
-    out = capsys.readouterr().out
-    assert "fvd2048_16f" in out and "default videogpt" in out and "clip-random-tiny" in out
 
 
 # --- progress bars -------------------------------------------------------------------------------------------
