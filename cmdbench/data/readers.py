@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmdbench.video import VideoFormatError, read_video
+from cmdbench.video import VideoFormatError, crop_to_stored_size, quiet_decord, read_video
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
 GIF_EXTENSIONS = (".gif",)
@@ -80,6 +80,7 @@ def count_frames(path: Path) -> int:
             raise UnreadableVideoError(f"cannot open GIF {path}: {err}") from None
     import decord
 
+    quiet_decord()  # FFmpeg's per-frame log lines on damaged files; errors still come as exceptions
     try:
         return len(decord.VideoReader(str(path), ctx=decord.cpu(0)))
     except Exception as err:  # decord raises RuntimeError / DECORDError
@@ -119,6 +120,8 @@ def read_chosen_frames(
 
     Returns uint8 ``(len(indices), 3, H, W)`` RGB (for video files a channels-last view of the decoded
     ``(T, H, W, 3)`` array, not copied: call ``.contiguous()`` where needed) and the :class:`SourceInfo`.
+    Files written by :func:`cmdbench.video.write_mp4` come back at the size they were written with (the
+    codec's padding of odd sizes cropped), as with :func:`cmdbench.video.read_video`.
     ``choose`` may raise :class:`UnreadableVideoError` (e.g. a source too short for the window). ``num_threads``:
     decoder threads for video files (1 inside DataLoader workers, which already use every core).
     """
@@ -148,9 +151,10 @@ def read_chosen_frames(
             frames = _decode_pyav(container, stream, indices)
         if frames is None:  # timestamps do not number the frames (variable rate, gaps, damage): decord decides
             return read_frames(path, indices), info
-        return torch.from_numpy(frames).permute(0, 3, 1, 2), info
+        return torch.from_numpy(crop_to_stored_size(path, frames)).permute(0, 3, 1, 2), info
     import decord
 
+    quiet_decord()
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
         fps = float(reader.get_avg_fps())
@@ -164,7 +168,7 @@ def read_chosen_frames(
         frames = None
     if frames is None or frames.ndim != 4 or frames.shape[-1] != 3:
         return read_frames(path, indices), info  # PyAV fallback inside read_video
-    return torch.from_numpy(frames).permute(0, 3, 1, 2), info
+    return torch.from_numpy(crop_to_stored_size(path, frames)).permute(0, 3, 1, 2), info
 
 
 def _open_pyav(path: Path, num_threads: int):  # -> av.container.InputContainer | None
