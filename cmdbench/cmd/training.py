@@ -791,10 +791,12 @@ class StageTrainer:
         _check_videos(videos, self.preset, getattr(batch, "ids", []))
         gens = self._posterior_generators(batch)
         if self.cfg.stage == "autoencoder":
-            x = videos_to_model_space(videos, self.pipe.vae, gens, autocast_dtype=self.autocast_dtype)
+            x = videos_to_model_space(videos, self.pipe.vae, gens, autocast_dtype=self.autocast_dtype,
+                                      max_frames_per_call=self.cfg.max_frames_per_call)
             return StageInputs(conditions, video=x.to(self.device).float())  # (B, C, L, H, W)
         content, motion = encode_clips(videos, self.pipe.autoencoder, self.pipe.vae, gens,
-                                       autocast_dtype=self.autocast_dtype)
+                                       autocast_dtype=self.autocast_dtype,
+                                       max_frames_per_call=self.cfg.max_frames_per_call)
         return StageInputs(conditions, content=content.to(self.device), motion=motion.to(self.device))
 
     def _posterior_generators(self, batch: Any) -> list[torch.Generator] | None:

@@ -22,7 +22,7 @@ EXAMPLE = {
     "stage": "motion", "preset": "cmd-ucf101-64", "dataset": "ucf101", "data_dir": "/data/UCF-101",
     "output_dir": "runs/ucf101-motion", "autoencoder": "runs/ucf101-ae",
     "batch_size": 32, "global_batch_size": 256, "max_steps": 400000, "mixed_precision": "bf16",
-    "precompute_latents": True,
+    "clips_per_video": 4, "num_workers": 4, "precompute_latents": True,
 }
 EPILOG = """examples:
   cmdbench train autoencoder --config ae.json

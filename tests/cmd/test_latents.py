@@ -146,6 +146,24 @@ def test_bad_videos_are_refused(pixel_pipe):
 # --- identity ---------------------------------------------------------------------------------------------
 
 
+def test_one_digest_for_diffusers_and_transformers_modules(pixel_pipe, tmp_path):
+    """The frozen text encoder (a transformers model: its config is a PretrainedConfig, which writes its
+    version, architectures and dtype on save/load) is hashed by the same function as the CMD models."""
+    from transformers import CLIPTextModel
+
+    text = build_pipeline(TINY).text_encoder
+    before = autoencoder_digest(text)
+    text.save_pretrained(tmp_path / "text")  # sets config.architectures on the saved model
+    loaded = CLIPTextModel.from_pretrained(tmp_path / "text")
+    assert autoencoder_digest(loaded) == autoencoder_digest(text) == before
+    changed = CLIPTextModel.from_pretrained(tmp_path / "text")
+    changed.config.hidden_act = "gelu"  # same weights, other activation
+    assert autoencoder_digest(changed) != before
+    with torch.no_grad():
+        loaded.get_parameter("final_layer_norm.bias")[0] += 1e-3
+    assert autoencoder_digest(loaded) != before
+
+
 def test_digest_and_key_hash_the_weights_not_the_folder(pixel_pipe, tmp_path):
     ae = pixel_pipe.autoencoder
     ae.save_pretrained(tmp_path / "a")
