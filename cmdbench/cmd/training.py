@@ -561,7 +561,7 @@ def latent_store_source(cfg: TrainConfig, pixels: BatchSource, pipe: CMDPipeline
         samples_per_shard=cfg.latent_samples_per_shard, autocast_dtype=autocast_dtype, num_samples=mine,
         key=key, max_frames_per_call=cfg.max_frames_per_call, first_sample=start * cfg.batch_size,
     )
-    finished = wait_for_store(store, world_size=world_size, identity={"key": key})  # polls the indices: no barrier
+    finished = wait_for_store(store, world_size=world_size, identity={"key": key}, poll_s=2.0)  # no barrier
     identity = {"key": key}
 
     def source(**kw: Any) -> Iterator[Any]:

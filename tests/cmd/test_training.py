@@ -122,13 +122,14 @@ def test_autoencoder_overfits_two_clips(tmp_path):
 
 def test_precomputed_latents_match_the_autoencoder_and_the_store_is_keyed_by_its_weights(tmp_path, monkeypatch):
     from cmdbench.cmd import latents
+    from cmdbench.data.clips import SkippedClip
     from cmdbench.data.latent_store import LatentStore
 
     ae_dir = tmp_path / "ae"
     torch.manual_seed(0)
     ae = presets.build_pipeline(TINY).autoencoder
     ae.save_pretrained(ae_dir)
-    data = clips(3)
+    data = [*clips(3), SkippedClip("broken.mp4", "moov atom not found", 3)]  # replaced by a readable clip
     stores = tmp_path / "stores"  # shared by the runs below
     cfg = config(tmp_path, "cached", stage="content", max_steps=2, precompute_latents=True,
                  autoencoder=str(ae_dir), latent_store=str(stores), latent_samples_per_shard=2)
@@ -136,15 +137,18 @@ def test_precomputed_latents_match_the_autoencoder_and_the_store_is_keyed_by_its
     key = latents.latent_store_key(SequenceSource(data, 0).describe(), ae, None, TINY, 0)
     assert [p.name for p in stores.iterdir()] == [f"latents-{key}"]
     store = LatentStore.open(stores / f"latents-{key}")
-    assert store.num_samples == 3 and len(store.shards) == 2  # one epoch, 2 samples per shard
-    video = torch.stack([v for v, _ in data]).float() / 127.5 - 1  # (B, T, 3, H, W)
+    assert store.num_samples == 4 and len(store.shards) == 2  # one epoch, 2 samples per shard
+    video = torch.stack([v for v, _ in data[:3]]).float() / 127.5 - 1  # (B, T, 3, H, W)
     content, motion = ae.encode(video.permute(0, 2, 1, 3, 4))
-    batch = next(latents.open_latent_loader(store.root, batch_size=3, seed=0, rank=0, world_size=1))
-    assert sorted(batch.ids) == ["0", "1", "2"]  # one epoch: every clip once
+    batch = next(latents.open_latent_loader(store.root, batch_size=4, seed=0, rank=0, world_size=1))
+    assert set(batch.ids) == {"0", "1", "2"}  # one epoch: every readable clip, one of them for the broken one
     for j, i in enumerate(int(i) for i in batch.ids):  # stored fp16: within fp16 rounding of the autoencoder
         torch.testing.assert_close(batch.content[j], content[i].detach(), atol=2e-3, rtol=1e-3)
         torch.testing.assert_close(batch.motion[j], motion[i].detach(), atol=2e-3, rtol=1e-3)
         assert batch.conditions[j] == data[i][1]
+    (line,) = (tmp_path / "cached" / "skipped.jsonl").read_text().splitlines()  # the replaced clip, named once
+    assert json.loads(line) | {"store": None} == {"step": 0, "rank": None, "source": "broken.mp4", "store": None,
+                                                  "reason": "moov atom not found", "stage": "decode"}
 
     # A second run with the same data and autoencoder trains from the same store without encoding again.
     calls: list[int] = []
@@ -154,6 +158,7 @@ def test_precomputed_latents_match_the_autoencoder_and_the_store_is_keyed_by_its
     train(config(tmp_path, "again", stage="motion", max_steps=1, precompute_latents=True, autoencoder=str(ae_dir),
                  latent_store=str(stores), latent_samples_per_shard=2), data)
     assert calls == [] and len(list(stores.iterdir())) == 1
+    assert "broken.mp4" in (tmp_path / "again" / "skipped.jsonl").read_text()  # recorded with the store it reuses
     # Other weights in the same folder layout make another store (the key hashes weights, not paths).
     with torch.no_grad():
         ae.encoder_pre_layer.weight.add_(0.01)
@@ -242,7 +247,8 @@ def test_cli_trains_from_a_folder_of_videos(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_process_cpu_training_with_torchrun(tmp_path):
-    """DDP over two CPU processes (gloo): both ranks checkpoint their RNG, the run finishes."""
+    """DDP over two CPU processes (gloo) in latent mode: both ranks build their half of the latent store at
+    once, wait for each other's, train, checkpoint their RNG; the run finishes."""
     import os
     import shutil
     import subprocess
@@ -255,7 +261,8 @@ def test_two_process_cpu_training_with_torchrun(tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"preset": "cmd-tiny", "dataset": "folder", "data_dir": str(tmp_path / "videos"),
                                "output_dir": str(tmp_path / "run"), "batch_size": 1, "max_steps": 2,
-                               "checkpoint_every": 2, "global_batch_size": 4}))
+                               "checkpoint_every": 2, "global_batch_size": 4, "precompute_latents": True,
+                               "clips_per_video": 2, "latent_samples_per_shard": 3}))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = ["torchrun", "--nproc_per_node", "2", "-m", "cmdbench", "train", "motion", "--config", str(cfg)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -266,6 +273,9 @@ def test_two_process_cpu_training_with_torchrun(tmp_path):
     assert proc.stdout.count("final EMA weights") == 1
     info = json.loads((tmp_path / "run" / "run_info.json").read_text())  # 1 clip x 2 processes x 2 micro-steps
     assert (info["world_size"], info["gradient_accumulation_steps"], info["global_batch_size"]) == (2, 2, 4)
+    (store,) = (tmp_path / "run" / "latents").iterdir()  # 4 videos x 2 windows, 4 per rank
+    indices = [json.loads((store / f"index-rank0000{r}.json").read_text()) for r in range(2)]
+    assert [(i["complete"], i["num_samples"], len(i["shards"])) for i in indices] == [(True, 4, 2), (True, 4, 2)]
 
 
 # --- Gradient accumulation ------------------------------------------------------------------------------
