@@ -462,7 +462,7 @@ def render_motion_strata(records: Any, table: str | Path, figure: str | Path) ->
         vals = [by_metric.get(f"{judge}/motion_{b}") for b in ("all", *BUCKETS)]
         heights = [v["value"] if v is not None else np.nan for v in vals]
         ax.bar(["all", *BUCKETS], heights, color=["0.5", "tab:blue", "tab:orange", "tab:red"])
-        unit = next((v["unit"] for v in vals if v is not None and v["unit"]), "")
+        unit = next((v["unit"] for v in vals if v is not None and isinstance(v["unit"], str) and v["unit"]), "")
         ax.set_title(judge + (" [random weights]" if stand_in else ""), fontsize=9)
         ax.set_ylabel(f"value{f' [{unit}]' if unit else ''}")
     if stand_in:
