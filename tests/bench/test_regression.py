@@ -138,6 +138,16 @@ def test_cpu_time_figures_use_the_cpu_calibration_and_a_busy_machine_stops_wall_
     assert df.loc["sampling_time", "verdict"] == "unchanged"
 
 
+def test_cpu_timings_under_two_milliseconds_are_not_gated():
+    ref, cur = timed([1.0e-4, 1.01e-4, 0.99e-4]), timed([1.5e-4, 1.51e-4, 1.49e-4], run_id="s")
+    df = compare(frame(ref), frame(cur))
+    assert df.loc[0, "verdict"] == "not gated" and "2 ms" in df.loc[0, "note"]
+    jumped = timed([0.05, 0.051, 0.049], run_id="s")  # a sub-millisecond stage that became 50 ms is judged
+    assert verdict_of([ref], [jumped]) == "regressed"
+    on_gpu = [dict(r, device_name="NVIDIA H100 80GB HBM3", cuda_version="12.8") for r in (ref, cur)]
+    assert verdict_of([on_gpu[0]], [on_gpu[1]]) == "regressed"  # CUDA events time sub-millisecond calls
+
+
 def test_another_device_is_incomparable_never_regressed():
     rng = np.random.default_rng(4)
     ref, cur = timed(noisy(rng, 1.0, 0.01)), timed(noisy(rng, 5.0, 0.01), run_id="s", device=CPU_B)
