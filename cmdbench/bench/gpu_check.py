@@ -437,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = check.run("records", lambda: Rows(args.records, args.device, dtype))
     if rows is None:
         return 1
+    # Written now and again at the end: a run cut off by a time limit keeps its preflight and environment.
+    rows.writer.write_meta({"check": "gpu_check", "argv": list(argv or sys.argv[1:]), "preflight": info,
+                            "environment": rows.env, "complete": False})
     check.run("load generators", lambda: _load(names))
     capability = float(info.get("capability", "8.0"))
     for name in names:
@@ -450,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [s for s in check.steps if s.status != "ok"]
     rows.writer.write_meta({"check": "gpu_check", "argv": list(argv or sys.argv[1:]), "preflight": info,
                             "environment": rows.env, "steps": [vars(s) for s in check.steps],
-                            "summary": check.summary, "seconds": time.perf_counter() - check.start})
+                            "summary": check.summary, "seconds": time.perf_counter() - check.start,
+                            "complete": True})
     print(f"records: {rows.writer.csv_path}; {len(check.steps) - len(failed)} of {len(check.steps)} steps ok "
           f"in {time.perf_counter() - check.start:.0f} s")
     for s in failed:
