@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "sample with seeds, measure (time, memory, metrics), write result records"),
     "evaluate": ("evaluate", "FVD/CLIPSIM/PSNR of a folder of videos or a generator, written as result rows"),
     "ref-stats": ("ref_stats", "compute and cache real-set FVD statistics of a folder of videos or a dataset"),
+    "sensitivity": ("sensitivity", "tabulate how each judge responds to controlled distortions of real videos"),
     "efficiency": ("efficiency", "FLOPs/MACs, parameters, predicted and measured time and memory"),
     "reproduce": ("reproduce", "run a registered reproduction (records, tables, figures)"),
     "table": ("table", "pivot result records into markdown and LaTeX tables"),
