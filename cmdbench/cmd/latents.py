@@ -44,6 +44,7 @@ import torch
 from cmdbench.data.latent_store import (
     DEFAULT_SAMPLES_PER_SHARD,
     LatentBatch,
+    LatentStore,
     LatentStoreError,
     LatentStoreInfo,
     LatentStoreWriter,
@@ -235,11 +236,11 @@ def build_latent_store(batches: Iterable[Any], out_dir: str | Path, autoencoder,
     :func:`cmdbench.data.latent_store.stored_samples`). ``key``: the store's name
     (:func:`latent_store_key`), recorded and checked on resume and by :func:`open_latent_loader`.
     """
-    identity = {"key": key, "seed": seed, "num_samples": num_samples, "autocast": str(autocast_dtype),
+    identity = {"key": key, "seed": seed, "autocast": str(autocast_dtype),
                 "autoencoder": autoencoder_digest(autoencoder),
-                "vae": autoencoder_digest(vae) if vae is not None else None}
+                "vae": autoencoder_digest(vae) if vae is not None else None}  # the same for every rank
     writer = LatentStoreWriter(out_dir, rank=rank, world_size=world_size, samples_per_shard=samples_per_shard,
-                               identity=identity, resume=resume)
+                               identity=identity, target=num_samples, resume=resume)
     if writer.complete:
         logger.info("latent store %s: rank %d already complete (%d samples)", out_dir, rank, writer.stored)
         return writer.info()
@@ -263,6 +264,16 @@ def build_latent_store(batches: Iterable[Any], out_dir: str | Path, autoencoder,
         raise LatentStoreError(f"rank {rank}: the input ended after {position} samples, num_samples={num_samples}; "
                                f"{out_dir} stays unfinished (complete shards are kept for a resume)")
     return writer.finish()
+
+
+def finished_store(root: str | Path, key: str) -> LatentStore | None:
+    """The store in ``root`` when every rank of the build that wrote it finished (with the name ``key``),
+    whatever number of processes built it (a store built on 8 GPUs serves a run on 4); ``None`` when it is
+    missing, unfinished or unusable (building then resumes it, or names what is wrong)."""
+    try:
+        return LatentStore.open(root, identity={"key": key})
+    except LatentStoreError:
+        return None
 
 
 def _encode_into(writer: LatentStoreWriter, batches: Iterable[Any], autoencoder, vae, *, seed: int, rank: int,
@@ -293,7 +304,7 @@ def _encode_into(writer: LatentStoreWriter, batches: Iterable[Any], autoencoder,
 
 
 __all__ = [
-    "LatentBatch", "LatentStoreInfo", "autoencoder_digest", "build_latent_store", "encode_clips",
+    "LatentBatch", "LatentStoreInfo", "autoencoder_digest", "build_latent_store", "encode_clips", "finished_store",
     "frozen_inference", "latent_store_key", "open_latent_loader", "sample_seed", "stored_samples",
     "videos_to_model_space", "wait_for_store",
 ]

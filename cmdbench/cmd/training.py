@@ -81,6 +81,7 @@ from cmdbench.cmd.latents import (
     autoencoder_digest,
     build_latent_store,
     encode_clips,
+    finished_store,
     latent_store_key,
     open_latent_loader,
     sample_seed,
@@ -550,18 +551,20 @@ def latent_store_source(cfg: TrainConfig, pixels: BatchSource, pipe: CMDPipeline
     autocast_dtype = AUTOCAST_DTYPE[cfg.mixed_precision]
     key = latent_store_key(describe(), pipe.autoencoder, pipe.vae, preset, cfg.seed, autocast_dtype=autocast_dtype)
     store = Path(cfg.latent_store or Path(cfg.output_dir) / "latents") / f"latents-{key}"
-    total = length()
-    mine = rank_share(total, rank, world_size, cfg.batch_size)
-    start = stored_samples(store, rank) // cfg.batch_size  # whole batches already stored are not read again
-    logger.info("latent store %s: rank %d encodes %d of %d clips (%d stored before)", store, rank, mine, total,
-                min(start * cfg.batch_size, mine))
-    build_latent_store(
-        pixels(start_step=start, rank=rank, world_size=world_size, batch_size=cfg.batch_size), store,
-        pipe.autoencoder, pipe.vae, rank=rank, world_size=world_size, seed=cfg.seed,
-        samples_per_shard=cfg.latent_samples_per_shard, autocast_dtype=autocast_dtype, num_samples=mine,
-        key=key, max_frames_per_call=cfg.max_frames_per_call, first_sample=start * cfg.batch_size,
-    )
-    finished = wait_for_store(store, world_size=world_size, identity={"key": key}, poll_s=2.0)  # no barrier
+    finished = finished_store(store, key)  # e.g. built before, by any number of processes: read as it is
+    if finished is None:
+        total = length()
+        mine = rank_share(total, rank, world_size, cfg.batch_size)
+        start = stored_samples(store, rank) // cfg.batch_size  # whole batches already stored are not read again
+        logger.info("latent store %s: rank %d encodes %d of %d clips (%d stored before)", store, rank, mine, total,
+                    min(start * cfg.batch_size, mine))
+        build_latent_store(
+            pixels(start_step=start, rank=rank, world_size=world_size, batch_size=cfg.batch_size), store,
+            pipe.autoencoder, pipe.vae, rank=rank, world_size=world_size, seed=cfg.seed,
+            samples_per_shard=cfg.latent_samples_per_shard, autocast_dtype=autocast_dtype, num_samples=mine,
+            key=key, max_frames_per_call=cfg.max_frames_per_call, first_sample=start * cfg.batch_size,
+        )
+        finished = wait_for_store(store, world_size=world_size, identity={"key": key}, poll_s=2.0)  # no barrier
     identity = {"key": key}
 
     def source(**kw: Any) -> Iterator[Any]:

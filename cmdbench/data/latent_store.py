@@ -171,8 +171,9 @@ def _json_condition(condition: Any, sample_id: str) -> str | int | None:
 class LatentStoreWriter:
     """Appends one rank's samples to a store folder as WebDataset shards, resumable after a kill.
 
-    ``identity``: JSON-able facts that define the store (key, seed, ...); a resumed build must pass the
-    same. ``resume=False`` deletes this rank's earlier files first. Samples already stored by an earlier
+    ``identity``: JSON-able facts that define the store (key, seed, ...), the same for every rank; a resumed
+    build must pass the same. ``target``: how many samples this rank is to store (``None``: not fixed), checked
+    on resume; the ranks' targets may differ (an epoch rarely splits evenly). ``resume=False`` deletes this rank's earlier files first. Samples already stored by an earlier
     build are :attr:`stored`; the caller skips that many samples of its (deterministic) input, writes the
     rest with :meth:`write`, then calls :meth:`finish`. Nothing is committed on an exception: the partial
     shard stays a ``.tmp`` file that the next build deletes and rewrites.
@@ -180,7 +181,7 @@ class LatentStoreWriter:
 
     def __init__(self, root: str | Path, *, rank: int, world_size: int,
                  samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD, identity: dict[str, Any] | None = None,
-                 resume: bool = True):
+                 target: int | None = None, resume: bool = True):
         if not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"world_size={world_size!r}: use a positive integer")
         if not isinstance(rank, int) or not 0 <= rank < world_size:
@@ -190,6 +191,7 @@ class LatentStoreWriter:
         self.root = Path(root)
         self.rank, self.world_size, self.samples_per_shard = rank, world_size, samples_per_shard
         self.identity = json.loads(json.dumps(identity or {}, sort_keys=True, default=str))
+        self.target = target
         self.root.mkdir(parents=True, exist_ok=True)
         self.index_path = self.root / index_name(rank)
         self.shards: list[dict[str, Any]] = []
@@ -222,7 +224,7 @@ class LatentStoreWriter:
 
     def _resume(self, index: dict[str, Any]) -> None:
         mine = {"rank": self.rank, "world_size": self.world_size, "samples_per_shard": self.samples_per_shard,
-                "identity": self.identity}
+                "identity": self.identity, "target_samples": self.target}
         diffs = [f"{k}={index.get(k)!r} (this build: {v!r})" for k, v in mine.items() if index.get(k) != v]
         if diffs:
             raise LatentStoreError(
@@ -245,7 +247,7 @@ class LatentStoreWriter:
     def _write_index(self) -> None:
         _atomic_write_json(self.index_path, {
             "format": FORMAT, "rank": self.rank, "world_size": self.world_size,
-            "samples_per_shard": self.samples_per_shard, "identity": self.identity,
+            "samples_per_shard": self.samples_per_shard, "identity": self.identity, "target_samples": self.target,
             "dtype": np.dtype(STORE_DTYPE).name, "shapes": self.shapes, "complete": self.complete,
             "num_samples": self.stored, "shards": self.shards,
         })

@@ -30,10 +30,10 @@ def _reset():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def clips(n: int = 3, label: bool = False) -> list:
+def clips(n: int = 3, label: bool = False, num_frames: int = TINY.num_frames) -> list:
     out = []
     for i in range(n):
-        video, caption = moving_shape(i, label=i, num_frames=TINY.num_frames, height=TINY.height, width=TINY.width)
+        video, caption = moving_shape(i, label=i, num_frames=num_frames, height=TINY.height, width=TINY.width)
         out.append((video, i if label else caption))
     return out
 
@@ -136,7 +136,7 @@ def test_stages_that_do_not_belong_together_are_refused(runs, tmp_path):
     with pytest.raises(AssemblyError, match="has not finished"):
         assemble(ae, content, tmp_path / "unfinished", tmp_path / "o")
     # Another preset.
-    ucf_ae = run(root, "ucf_ae", "autoencoder", clips(label=True), preset="cmd-ucf101-64", tiny=True)
+    ucf_ae = run(root, "ucf_ae", "autoencoder", clips(label=True, num_frames=16), preset="cmd-ucf101-64", tiny=True)
     with pytest.raises(AssemblyError, match="different presets"):
         assemble(ucf_ae, content, motion, tmp_path / "o")
     # An existing folder that is not an assembly is never overwritten.

@@ -395,7 +395,7 @@ def test_the_autoencoder_folder_is_checked(tmp_path):
     AcceleratorState._reset_state(reset_partial_state=True)
     bare = tmp_path / "bare_ucf_autoencoder"  # a CMDAutoencoder folder without its run: shapes are checked
     build_components(config(tmp_path, "x", preset="cmd-ucf101-64", tiny=True)).autoencoder.save_pretrained(bare)
-    with pytest.raises(TrainConfigError, match="does not fit preset cmd-tiny: patch_size=2 \\(preset needs 4\\)"):
+    with pytest.raises(TrainConfigError, match="does not fit preset cmd-tiny: num_frames=16 \\(preset needs 8\\), patch_size=2 "):
         train(config(tmp_path, "m4", autoencoder=str(bare)), data)
 
 
@@ -639,3 +639,36 @@ def test_latent_mode_killed_in_the_store_build_and_in_training_resumes_exactly(t
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(LatentStoreError, match="shard .*shard-rank00000-000001.tar is corrupt"):
         train(config(tmp_path, "on_corrupt", **common, latent_store=str(store.parent)), source)
+
+
+def test_a_finished_store_serves_any_number_of_processes(tmp_path, monkeypatch):
+    """A store two processes built (here ranks 0 and 1 of 2, in turn) is read by a one-process run as it is:
+    nothing is encoded again, every sample is read. The ranks' shares of an epoch add up to the epoch."""
+    from cmdbench.cmd import latents
+    from cmdbench.cmd.training import rank_share
+
+    assert [[rank_share(n, r, w, b) for r in range(w)] for n, w, b in ((7, 2, 2), (3, 4, 1), (12, 2, 3))] == [
+        [4, 3], [1, 1, 1, 0], [6, 6]]
+    ae_dir = tmp_path / "ae"
+    build_components(config(tmp_path, "unused")).autoencoder.save_pretrained(ae_dir)
+    ae = CMDAutoencoder.from_pretrained(ae_dir)
+    data = clips(3)
+    source = SequenceSource(data, 0)
+    key = latents.latent_store_key(source.describe(), ae, None, TINY, 0)
+    store = tmp_path / "stores" / f"latents-{key}"
+    for rank in range(2):
+        latents.build_latent_store(source(start_step=0, rank=rank, world_size=2, batch_size=2), store, ae, None,
+                                   rank=rank, world_size=2, seed=0, num_samples=rank_share(3, rank, 2, 2), key=key)
+    monkeypatch.setattr(latents, "encode_clips", lambda *a, **k: pytest.fail("encoded again"))
+    seen: list[str] = []
+    real = latents.open_latent_loader
+
+    def spy(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            seen.extend(batch.ids)
+            yield batch
+
+    monkeypatch.setattr("cmdbench.cmd.training.open_latent_loader", spy)
+    train(config(tmp_path, "one", stage="content", max_steps=3, batch_size=1, precompute_latents=True,
+                 autoencoder=str(ae_dir), latent_store=str(tmp_path / "stores")), data)
+    assert sorted(seen) == ["0", "1", "2"]  # 3 steps of 1 = the epoch the two ranks stored
