@@ -228,6 +228,8 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         LatentStoreWriter(tmp_path, rank=0, world_size=1, samples_per_shard=3, identity={"k": 1})
     with pytest.raises(LatentStoreError, match="identity"):
         LatentStoreWriter(tmp_path, rank=0, world_size=1, samples_per_shard=4, identity={"k": 2})
+    with pytest.raises(LatentStoreError, match=r"target_samples=None \(this build: 9\)"):  # another share to store
+        LatentStoreWriter(tmp_path, rank=0, world_size=1, samples_per_shard=4, identity={"k": 1}, target=9)
     fresh = LatentStoreWriter(tmp_path, rank=0, world_size=1, samples_per_shard=3, identity={"k": 2}, resume=False)
     assert fresh.stored == 0 and not list(tmp_path.glob("shard-*"))
 
