@@ -1035,7 +1035,10 @@ def train(
 
     ``data``: an in-memory ``Sequence`` of clips, or a batch source
     ``data(start_step=, rank=, world_size=, batch_size=) -> Iterable[batch]`` (pixel or latent batches,
-    see the module docstring; ``start_step`` counts micro-steps). ``stop_after_steps`` ends the
+    see the module docstring; ``start_step`` counts micro-steps), e.g. ``cmdbench train``'s
+    ``cmdbench.data.train_clips.ClipBatchSource``. With ``precompute_latents`` (diffusion stages) the
+    pixel source also needs ``len()`` and ``describe()``: the latent store is built from it first.
+    ``stop_after_steps`` ends the
     process-local loop early after that many optimizer steps (after checkpointing), as a kill would.
     ``on_step(step, loss)`` is called per optimizer step with the mean micro-batch loss.
     Returns the folder of the final (EMA) model, ``<output_dir>/final/<component>``.
