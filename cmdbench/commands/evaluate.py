@@ -108,6 +108,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--bootstrap", type=int, default=0, help="FVD bootstrap rounds for a std (0: none)")
     parser.add_argument("--notes", default="")
     add_progress_argument(parser)
+    from cmdbench.bench.sample_curves import add_curve_arguments  # --curve (sample-size curves)
+
+    add_curve_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -398,6 +401,10 @@ def run(args: argparse.Namespace) -> int:
         except Exception as err:
             fail(name, err, failures)
     real_info = attach_real(metrics, args, failures) if metrics else {}
+    if args.curve:  # the generated per-clip features, kept for the curves
+        from cmdbench.bench.sample_curves import prepare_curve
+
+        prepare_curve(metrics)
     text_wanted = any(is_text(m) for m in metrics.values())
     paired_wanted = any(is_paired(m) for m in metrics.values())
     state = Scoring(args, metrics, failures)
@@ -439,6 +446,11 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print(metric_line(r, metrics[r["metric"]], state, real_info))
     print(f"records: {writer.csv_path}")
+    if args.curve:
+        from cmdbench.bench.sample_curves import run_curve
+
+        run_curve(args, {n: m for n, m in metrics.items() if n not in failures}, run_id=run_id,
+                  generator=base["generator"], dataset=args.dataset)
     if failures:
         print(f"cmdbench evaluate: {len(failures)} of {len(todo)} metrics failed ({', '.join(failures)}; reasons "
               f"above and in {writer.meta_path}); the others are recorded. Rerun with --run-id {run_id} to add them "

@@ -148,3 +148,26 @@ def test_hook_writes_rows_and_renders(tmp_path):
     md = paths[0].read_text()
     assert "fvd-tiny" in md and "smallest n within 5%" in md and "| n " in md
     assert {p.suffix for p in paths} == {".md", ".png", ".pdf"}
+
+
+def test_evaluate_curve_end_to_end(tmp_path, capsys):
+    """``cmdbench evaluate ... --curve``: the FVD row, then its curve rows in the same run and the table/figure."""
+    from cmdbench.bench.results import load_records
+    from cmdbench.cli import main
+    from cmdbench.data.synthetic import moving_shape
+    from cmdbench.video import write_mp4
+
+    for side, offset in (("real", 0), ("fake", 50)):
+        for i in range(6):
+            write_mp4(tmp_path / side / f"v{i}.mp4",
+                      moving_shape(offset + i, label=i % 6, num_frames=16, height=32, width=32)[0])
+    rc = main(["evaluate", "--real", str(tmp_path / "real"), "--videos", str(tmp_path / "fake"), "--metric",
+               "fvd-videogpt", "--extractor", "i3d-random-tiny", "--non-strict", "--allow-singular", "--records",
+               str(tmp_path / "runs"), "--run-id", "ev", "--curve", "--curve-rounds", "3", "--curve-sizes", "3,6"])
+    assert rc == 0
+    records = load_records(tmp_path / "runs" / "ev.csv")
+    fvd = records.loc[records["metric"] == "fvd-videogpt", "value"].iloc[0]
+    curve = records[records["metric"] == "fvd-videogpt/curve"].sort_values("n")
+    assert curve["n"].tolist() == [3, 6] and curve["value"].iloc[-1] == pytest.approx(fvd, rel=1e-12)
+    assert (tmp_path / "runs" / "curves" / "ev_curves.md").is_file()
+    assert "fvd-videogpt: full" in capsys.readouterr().out
