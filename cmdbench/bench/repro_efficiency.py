@@ -125,7 +125,9 @@ TRAINING_SETTING = Setting(16, 512, 512, 1)
 # a quarter of that, so the whole main job (counts, GPU predictions, scaling sweep, measurements) fits in
 # ~6 minutes. The GPU reading of Table 9 now comes from the predictions and a GPU run (``nox -s gpu_check``);
 # the CPU times are a same-machine sanity check whose ratios are distorted at small sizes by per-layer
-# fixed costs (2.5x at 64x64x16, 1 step). A generator that refuses a setting is recorded as unsupported.
+# fixed costs (2.5x at 64x64x16, 1 step) and, without a warm-up call, by first-call costs (oneDNN primitive
+# creation per layer shape: CMD's text encoder 3.4 s on its first call, 0.26 s after), which weigh most on
+# CMD's five networks. A generator that refuses a setting is recorded as unsupported.
 CPU_SETTING = Setting(16, 128, 128, 2)
 CPU_WARMUP = 0  # calls of tens of seconds to minutes: one-time start-up costs are a small share
 EXCLUDED_STAGES = ("vae_decoder",)  # Table 9 leaves the SD decoder out
