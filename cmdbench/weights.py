@@ -155,7 +155,7 @@ KNOWN: dict[str, WeightFile] = {
             manual="`python -c \"import clip; clip.load('ViT-B/32', device='cpu')\"` also downloads it, into ~/.cache/clip",
             also_in=("~/.cache/clip",),
         ),
-        # LPIPS backbones (the autoencoder's optional perceptual term, cmdbench.cmd.training.build_lpips). The
+        # LPIPS backbones (the autoencoder's optional perceptual term, cmdbench.perceptual.load_lpips). The
         # lpips package's own linear layers ship in its wheel; the ImageNet backbones are torchvision's files.
         WeightFile(
             name="torchvision_alexnet_imagenet1k_v1",

@@ -63,7 +63,6 @@ import hashlib
 import json
 import logging
 import shutil
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +75,7 @@ from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
+from cmdbench import perceptual
 from cmdbench.cmd.autoencoder import CMDAutoencoder
 from cmdbench.cmd.latents import (
     autoencoder_digest,
@@ -91,6 +91,7 @@ from cmdbench.cmd.latents import (
 )
 from cmdbench.cmd.pipeline import CMDPipeline
 from cmdbench.cmd.presets import PRESETS, SCHEDULES, TINY, CMDPreset, build_pipeline, miniature
+from cmdbench.perceptual import load_lpips
 
 if TYPE_CHECKING:
     from cmdbench.data.latent_store import LatentStore
@@ -101,11 +102,9 @@ STAGES = ("autoencoder", "content", "motion")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 AUTOCAST_DTYPE = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 AE_LOSSES = ("l2", "l1")
-LPIPS_NETS = ("alex", "vgg")
-# "imagenet": torchvision's ImageNet backbone from the cmdbench weights cache (the LPIPS definition);
-# "random": an untrained backbone, only for tests of the plumbing (the numbers are not LPIPS).
-LPIPS_BACKBONES = ("imagenet", "random")
-LPIPS_WEIGHTS = {"alex": "torchvision_alexnet_imagenet1k_v1", "vgg": "torchvision_vgg16_imagenet1k_v1"}
+# LPIPS nets and backbones: cmdbench.perceptual ("imagenet" = torchvision's ImageNet backbone from the
+# cmdbench weights cache; "random" = untrained, tests of the plumbing only).
+LPIPS_NETS, LPIPS_BACKBONES = perceptual.LPIPS_NETS, perceptual.BACKBONES
 # Paper optimisers (App. B.3): autoencoder Adam 1e-5 (0.5, 0.9); diffusion models Adam 1e-4 (0.9, 0.999).
 PAPER_OPTIMIZER = {
     "autoencoder": (1e-5, (0.5, 0.9)),
@@ -685,39 +684,6 @@ def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
-def build_lpips(net: str, backbone: str = "imagenet") -> torch.nn.Module:
-    """The ``lpips`` package's LPIPS (v0.1 linear layers from its wheel) with torchvision's ImageNet
-    ``net`` backbone from the cmdbench weights cache (``backbone="random"``: untrained, tests only).
-
-    The package would download the backbone through torchvision; here the file is a registered weight
-    (``cmdbench weights fetch torchvision_alexnet_imagenet1k_v1``), so it is verified and works offline.
-    """
-    import lpips
-
-    from cmdbench import weights
-
-    with warnings.catch_warnings():  # lpips 0.1.4 passes torchvision's deprecated `pretrained=` argument
-        warnings.simplefilter("ignore", UserWarning)
-        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-    if backbone == "imagenet":
-        state = torch.load(weights.require(LPIPS_WEIGHTS[net]), map_location="cpu", weights_only=True)
-        load_lpips_backbone(model, state)
-    return model.eval().requires_grad_(False)
-
-
-def load_lpips_backbone(model: torch.nn.Module, torchvision_state: dict[str, torch.Tensor]) -> None:
-    """Copy torchvision's ``features.{i}.*`` into lpips' ``net.slice{k}.{i}.*`` (same modules, regrouped)."""
-    target = model.net.state_dict()
-    mapped = {}
-    for key in target:
-        _, index, leaf = key.split(".", 2)  # "slice2.3.weight" -> features.3.weight
-        source = f"features.{index}.{leaf}"
-        if source not in torchvision_state:
-            raise KeyError(f"the torchvision backbone file has no {source} (needed for LPIPS {key})")
-        mapped[key] = torchvision_state[source]
-    model.net.load_state_dict(mapped, strict=True)
-
-
 def lpips_per_frame(lpips_model: torch.nn.Module, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """LPIPS of every frame, averaged: ``recon``/``target`` (B, 3, L, H, W) in [-1, 1] -> float32 scalar."""
     b, c, length, h, w = recon.shape
@@ -754,7 +720,7 @@ class StageTrainer:
         self.trained: torch.nn.Module = getattr(pipe, COMPONENT[cfg.stage])  # replaced by the prepared model
         self.lpips = None
         if cfg.stage == "autoencoder" and cfg.lpips_weight > 0:
-            self.lpips = build_lpips(cfg.lpips_net, cfg.lpips_backbone).to(device)
+            self.lpips = load_lpips(cfg.lpips_net, device, cfg.lpips_backbone)
             self._check_lpips_size()
 
     def _check_lpips_size(self) -> None:
@@ -1170,5 +1136,5 @@ __all__ = [
     "TrainConfig", "TrainConfigError", "train", "sample_index", "sequence_batches", "SequenceBatch",
     "SequenceSource", "BatchSource", "latent_store_source", "rank_share", "StageTrainer", "checkpoint_dirs",
     "load_autoencoder", "autoencoder_folder", "build_components", "describe_steps", "frozen_digests",
-    "build_lpips", "lpips_per_frame",
+    "lpips_per_frame",
 ]

@@ -20,16 +20,15 @@ from cmdbench.cmd.training import (
     TrainConfig,
     TrainConfigError,
     build_components,
-    build_lpips,
     checkpoint_dirs,
     describe_steps,
-    load_lpips_backbone,
     lpips_per_frame,
     sample_index,
     sequence_batches,
     train,
 )
 from cmdbench.data.synthetic import moving_shape
+from cmdbench.perceptual import load_backbone, load_lpips
 
 TINY = presets.TINY
 
@@ -436,14 +435,14 @@ def random_lpips() -> dict[str, torch.nn.Module]:
     """LPIPS with RANDOM backbones (no ImageNet file here: their values are not LPIPS), built once: torchvision
     initialises the whole VGG-16 / AlexNet, classifier included, which takes seconds."""
     torch.manual_seed(0)
-    return {net: build_lpips(net, backbone="random") for net in ("vgg", "alex")}
+    return {net: load_lpips(net, backbone="random") for net in ("vgg", "alex")}
 
 
 @pytest.fixture
 def cached_lpips(random_lpips, monkeypatch):
     from cmdbench.cmd import training
 
-    monkeypatch.setattr(training, "build_lpips", lambda net, backbone="imagenet": random_lpips[net])
+    monkeypatch.setattr(training, "load_lpips", lambda net, device="cpu", backbone="imagenet": random_lpips[net])
     return random_lpips
 
 
@@ -509,11 +508,11 @@ def test_lpips_configuration_errors_and_backbone_weights(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(lpips, "LPIPS", lambda **kw: cached_lpips[kw["net"]])  # skip the slow random init
     with pytest.raises(MissingWeightsError, match="cmdbench weights fetch torchvision_alexnet_imagenet1k_v1"):
-        build_lpips("alex")
+        load_lpips("alex")
     # torchvision's features.{i} land in lpips' slices (a random torchvision AlexNet stands in for the file).
     tv = torchvision.models.alexnet(weights=None).state_dict()
     model = cached_lpips["alex"]
-    load_lpips_backbone(model, tv)
+    load_backbone(model, tv)
     for key, value in model.net.state_dict().items():
         index, leaf = key.split(".", 2)[1:]
         assert torch.equal(value, tv[f"features.{index}.{leaf}"]), key
