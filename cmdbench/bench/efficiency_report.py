@@ -56,8 +56,13 @@ def upgrade_legacy_names(df: pd.DataFrame) -> pd.DataFrame:
     ``peak_memory_total`` = GB of the whole call. They become ``sampling_time_excl_vae_decoder`` and
     ``sampling_time`` (per video: / batch size; std dropped: an IQR is not a standard deviation),
     ``peak_memory_excl_vae_decoder`` and ``peak_memory`` (GiB); memory protocols ``cpu-rss`` /
-    ``cuda-allocated``; stage times per video.
+    ``cuda-allocated``; stage times per video. ``stage_peak_memory/<stage>`` (one run's name) becomes
+    ``peak_memory/<stage>``.
     """
+    staged = df["metric"].astype("string").str.startswith("stage_peak_memory/").fillna(False)
+    if staged.any():  # the name stage peaks had for one run before they joined peak_memory/<stage>
+        df = df.copy()
+        df.loc[staged, "metric"] = df.loc[staged, "metric"].str.replace("stage_peak_memory/", "peak_memory/")
     legacy_runs = set(df.loc[df["metric"] == "sampling_time_total", "run_id"])
     if not legacy_runs:
         return df

@@ -20,7 +20,8 @@
 Metric names (one meaning each, shared with ``cmdbench bench``): ``sampling_time`` = seconds per video of
 the whole ``sample()`` call, ``sampling_time_excl_vae_decoder`` = the same minus the SD VAE decoder stage
 (Table 9's reading), ``stage_time/<stage>``, ``time_per_step``, ``peak_memory`` = absolute peak of one call
-in GiB (``protocol`` says ``cuda-allocated`` or ``cpu-rss``), ``peak_memory_excl_vae_decoder``;
+in GiB (``protocol`` says ``cuda-allocated`` or ``cpu-rss``), ``peak_memory_excl_vae_decoder``,
+``peak_memory/<stage>`` (absolute peak while the stage runs); ``predicted_weights_memory`` (GiB),
 ``predicted_peak_memory[/<stage>]`` (GiB), ``predicted_time/<gpu>[/<stage>]`` (s/video),
 ``predicted_train_peak_memory/<network>`` (GiB).
 
@@ -394,7 +395,7 @@ def record_measurement(rec: Recorder, name: str, m: SamplingMeasurement, setting
             rec.add(metric="peak_memory_excl_vae_decoder", value=max(kept) / GIB, unit="GiB", protocol=label,
                     notes=f"peak over the stages except {'+'.join(m.excluded_stages)}; {base}", **common)
         for st, p in m.stage_peaks.items():
-            rec.add(metric=f"stage_peak_memory/{st}", value=p / GIB, unit="GiB", protocol=label,
+            rec.add(metric=f"peak_memory/{st}", value=p / GIB, unit="GiB", protocol=label,
                     notes="absolute peak while the stage runs", **common)
 
 

@@ -208,6 +208,7 @@ def test_legacy_records_are_read_under_the_new_names():
         record(run_id="old", metric="peak_memory_total", value=9.606, unit="GB", protocol="cpu_peak_rss"),
         record(run_id="old", metric="stage_time/content", value=8.0, unit="s", batch_size=4),
         record(run_id="new", metric="sampling_time", value=50.0, unit="s/video", batch_size=1),
+        record(run_id="new", metric="stage_peak_memory/content", value=8.4, unit="GiB", batch_size=1),
     )
     up = upgrade_legacy_names(old).set_index(["run_id", "metric"])
     assert up.loc[("old", "sampling_time_excl_vae_decoder"), "value"] == 19.0
@@ -218,6 +219,7 @@ def test_legacy_records_are_read_under_the_new_names():
     assert up.loc[("old", "peak_memory"), "protocol"] == "cpu-rss"
     assert up.loc[("old", "stage_time/content"), "value"] == 2.0  # per video at batch 4
     assert up.loc[("new", "sampling_time"), "value"] == 50.0  # a new run is left alone
+    assert up.loc[("new", "peak_memory/content"), "value"] == 8.4
 
 
 def test_table8_shows_predicted_training_memory(tmp_path):

@@ -90,3 +90,4 @@ def test_measurement_rows_use_the_shared_names_per_video(tmp_path):
     assert rows["time_per_step"]["value"] == 3.0 and rows["time_per_step"]["unit"] == "s/step"
     assert rows["peak_memory"]["value"] == 3.0 and rows["peak_memory"]["protocol"] == "cpu-rss"
     assert rows["peak_memory_excl_vae_decoder"]["value"] == 1.0
+    assert rows["peak_memory/vae_decoder"]["value"] == 3.0 and rows["peak_memory/vae_decoder"]["unit"] == "GiB"
