@@ -480,3 +480,67 @@ def render_motion_strata_root(root: Path) -> list[Path]:
         print(f"motion_strata: no records in {records_dir}")
         return []
     return render_motion_strata(load_records(records_dir), Path(root) / TABLE, Path(root) / FIGURE)
+
+
+# --- command-line hook (e.g. `cmdbench evaluate --motion-strata`) ------------------------------------------
+
+
+def add_strata_arguments(parser: Any) -> None:
+    """The ``--motion-strata`` options (for a command that has ``--real``, ``--videos``, ``--metric``,
+    ``--records``, ``--device`` and ``--policy``)."""
+    g = parser.add_argument_group("motion-stratified evaluation (--motion-strata)")
+    g.add_argument("--motion-strata", action="store_true",
+                   help="also score every set judge per motion bucket (slow/medium/fast) and compare the real and "
+                        "generated motion distributions (table + figure)")
+    g.add_argument("--strata-edges", default=None, metavar="LO,HI",
+                   help="fixed bucket edges in px/frame at a 256-px short side (default: the real set's terciles)")
+    g.add_argument("--strata-flow", action="append", default=None, choices=("farneback", "raft_small", "raft_large"),
+                   help="flow estimator(s); the first sets the buckets (default: farneback, plus RAFT when its "
+                        "weights are present)")
+    g.add_argument("--strata-stand-in", action="store_true",
+                   help="random-weight stand-in extractors for the judges (offline; labelled, values mean nothing)")
+    g.add_argument("--strata-out", default=None, help="folder for the table and figure (default: <records>/motion_strata)")
+
+
+def run_strata(args: Any, *, run_id: str) -> list[Path]:
+    """Read ``args.real`` and ``args.videos``, compute :func:`motion_strata` for ``args.metrics`` (set judges
+    and ``motion-*``), append the rows to run ``run_id`` in ``args.records`` and render the table and figure.
+    Judges that cannot run and buckets too small are printed with their reasons and kept in the run's notes."""
+    from cmdbench.bench.results import load_records
+    from cmdbench.metrics.motion import available_flows, make_flow
+
+    frames = 16
+    real = folder_set(args.real, frames, policy=getattr(args, "policy", "strict"))
+    fake = folder_set(args.videos, frames, policy=getattr(args, "policy", "strict"))
+    for s in [*real.skipped, *fake.skipped]:
+        print(f"skipped {s['source']}: {s['reason']} [{s['stage']}]")
+    wanted = args.strata_flow or ["farneback", "raft_small"]
+    names, why = available_flows(wanted)
+    if args.strata_flow is None:  # RAFT only when present; Farneback always
+        why = {k: v for k, v in why.items() if k == "farneback"}
+    for name, reason in why.items():
+        print(f"flow {name} skipped: {reason}")
+    if not names:
+        raise ValueError(f"no flow estimator can run ({why})")
+    device = getattr(args, "device", "cpu")
+    flows = [make_flow(n, device=device) for n in names]
+    judges, skipped = build_judges(args.metrics, stand_in=args.strata_stand_in, device=device)
+    for name, reason in skipped.items():
+        print(f"motion strata: judge {name} skipped: {reason}")
+    strata = None
+    if args.strata_edges:
+        try:
+            lo, hi = (float(x) for x in args.strata_edges.split(","))
+        except ValueError:
+            raise ValueError(f"--strata-edges {args.strata_edges!r}: allowed two numbers LO,HI (px/frame)") from None
+        strata = fixed_strata(lo, hi)
+    result = motion_strata(real, fake, judges, flows=flows, strata=strata)
+    for cell, reason in result.skipped.items():
+        print(f"motion strata: no value for {cell}: {reason}")
+    csv = write_records(result.rows, args.records, run_id, generator=fake.name, dataset=real.name, device=device,
+                        context={"motion_strata": True, "stand_in": args.strata_stand_in,
+                                 "edges": args.strata_edges, "flows": names})
+    out = Path(args.strata_out) if args.strata_out else Path(args.records) / "motion_strata"
+    paths = render_motion_strata(load_records(csv), out / f"{run_id}_motion_strata", out / f"{run_id}_motion_strata")
+    print(f"motion strata: {', '.join(str(p) for p in paths)}")
+    return paths

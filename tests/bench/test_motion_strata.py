@@ -143,3 +143,32 @@ def test_folder_set_reads_and_names_skips(tmp_path):
     assert [s["source"].endswith("broken.mp4") for s in videos.skipped] == [True]
     with pytest.raises(Exception, match="broken.mp4"):
         ms.folder_set(tmp_path, 16, policy="strict")
+
+
+def test_command_hook_on_two_folders(tmp_path, capsys):
+    """``add_strata_arguments`` + ``run_strata``: folders in, rows appended to the run, table + figure out;
+    RAFT named as skipped when its weights are absent."""
+    import argparse
+
+    from cmdbench.bench.results import load_records
+    from cmdbench.video import write_mp4
+
+    for side, offset in (("real", 0), ("fake", 30)):
+        for i in range(6):
+            write_mp4(tmp_path / side / f"v{i}.mp4",
+                      moving_shape(offset + i, label=i % 6, num_frames=16, height=32, width=32)[0])
+    parser = argparse.ArgumentParser()
+    ms.add_strata_arguments(parser)
+    args = parser.parse_args(["--motion-strata", "--strata-stand-in", "--strata-flow", "farneback",
+                              "--strata-flow", "raft_small"])
+    args.real, args.videos, args.metrics = str(tmp_path / "real"), str(tmp_path / "fake"), ["fvd-videogpt"]
+    args.records, args.device, args.policy = str(tmp_path / "runs"), "cpu", "strict"
+    os_env = {"CMDBENCH_CACHE": str(tmp_path / "cache"), "CMDBENCH_WEIGHTS_RAFT_SMALL": str(tmp_path / "none.pth")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in os_env.items():
+            mp.setenv(k, v)
+        paths = ms.run_strata(args, run_id="strata-cli")
+    assert "flow raft_small skipped" in capsys.readouterr().out
+    records = load_records(tmp_path / "runs" / "strata-cli.csv")
+    assert "fvd-videogpt/motion_all" in set(records["metric"])
+    assert paths[0].name == "strata-cli_motion_strata.md" and "random-weight" in paths[0].read_text()

@@ -103,6 +103,22 @@ def test_released_checkpoint_file_layout(tmp_path, released):
         load_tracker("pips2_fvmd", path)
 
 
+def test_released_file_through_cmdbench_weights_after_trust(tmp_path, monkeypatch, released):
+    """The cache's pips2_weights.pth that needs the full unpickler: refused while its sha256 is unknown,
+    loaded once `cmdbench weights verify pips2_fvmd --trust` recorded it (not before)."""
+    from cmdbench import weights
+
+    monkeypatch.setenv("CMDBENCH_CACHE", str(tmp_path))
+    monkeypatch.delenv("CMDBENCH_WEIGHTS_PIPS2_FVMD", raising=False)
+    torch.save({"model_state_dict": released.state_dict(), "extra": Opaque()}, tmp_path / "pips2_weights.pth")
+    with pytest.raises(weights.CorruptWeightsError, match="expected 421766633"):  # not the released file
+        load_tracker("pips2_fvmd")
+    weights.trust("pips2_fvmd")
+    model, sha, where = load_tracker("pips2_fvmd")
+    assert where == str(tmp_path / "pips2_weights.pth") and sha in weights.accepted_hashes("pips2_fvmd")
+    assert torch.equal(model.delta_block.dense.weight, released.delta_block.dense.weight)
+
+
 # --- parity: tracks, fields, histograms, distance -------------------------------------------------------------
 
 
