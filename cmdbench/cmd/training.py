@@ -1061,6 +1061,7 @@ def train(
     accelerator.wait_for_everyone()
 
     batches = iter(source(start_step=step * accum, rank=rank, world_size=world, batch_size=cfg.batch_size))
+    bar = _progress_bar(accelerator.is_main_process, cfg.max_steps * global_batch, step * global_batch, cfg.stage)
     steps_this_run = 0
     while step < cfg.max_steps:
         losses = []
@@ -1083,6 +1084,8 @@ def train(
         step += 1
         steps_this_run += 1
         value = sum(losses) / len(losses)
+        bar.update(global_batch)
+        bar.set_postfix(step=step, loss=f"{value:.4g}", refresh=False)
         if on_step is not None:
             on_step(step, value)
         if step % cfg.log_every == 0 and accelerator.is_main_process:
@@ -1090,8 +1093,10 @@ def train(
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             _checkpoint(accelerator, output_dir, step, cfg.keep_checkpoints)
         if stop_after_steps is not None and steps_this_run >= stop_after_steps:
+            bar.close()
             return output_dir / "final" / COMPONENT[cfg.stage]
 
+    bar.close()
     accelerator.wait_for_everyone()
     final = output_dir / "final" / COMPONENT[cfg.stage]
     if accelerator.is_main_process:
@@ -1103,6 +1108,18 @@ def train(
             logger.info("assembled the sampling pipeline in %s", out)
     accelerator.wait_for_everyone()
     return final
+
+
+def _progress_bar(main_process: bool, total_clips: int, done_clips: int, stage: str):
+    """A tqdm bar on stderr counting training clips (global batch per step: clips/s and ETA), drawn only by
+    the main process and only when stderr is a terminal (logs and piped output stay clean)."""
+    import sys
+
+    from tqdm import tqdm
+
+    enabled = main_process and sys.stderr.isatty()
+    return tqdm(total=total_clips, initial=done_clips, desc=f"train {stage}", unit="clip", disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True, smoothing=0.1, delay=0.5)
 
 
 def _batch_source(cfg: TrainConfig, data: Sequence[Any] | BatchSource, pipe: CMDPipeline, preset: CMDPreset,
