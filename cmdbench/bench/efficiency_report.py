@@ -228,9 +228,11 @@ def table9_measured(rec: pd.DataFrame, paper: pd.DataFrame, group: tuple) -> pd.
 
 
 def _predicted(rec: pd.DataFrame, gen: str, **where) -> pd.DataFrame:
-    """Predicted rows of ``gen`` at the paper setting (not the scaling sweep's)."""
+    """Predicted rows of ``gen`` at the paper setting in fp16 (not the scaling sweep's, not the
+    mixed-precision variant's)."""
     sel = _get(rec, generator=gen, num_frames=16, height=512, width=1024, device_name="meta", **where)
-    return sel[~sel["protocol"].astype("string").str.endswith("scaling").fillna(False)]
+    protocol = sel["protocol"].astype("string")
+    return sel[~(protocol.str.endswith("scaling") | protocol.str.contains("amp=")).fillna(False)]
 
 
 def predicted_memory(rec: pd.DataFrame, gen: str, batch_size: int, exclude: tuple[str, ...] = EXCLUDED) -> float | None:

@@ -282,14 +282,25 @@ def record_time_prediction(rec: Recorder, name: str, pred: TimePrediction, setti
 
 def record_predictions(rec: Recorder, name: str, setting: Setting = PAPER_SETTING, *,
                        batch_sizes: Sequence[int] = PREDICT_BATCH_SIZES, gpus: Sequence[GPUSpec] = (),
-                       dtype: str = "float16") -> dict[int, tuple[MemoryPrediction, TimePrediction | None]]:
-    """Predicted memory per batch size and (at batch 1) roofline time of ``name`` at ``setting``."""
+                       dtype: str = "float16", mixed_precision: bool = False,
+                       ) -> dict[int, tuple[MemoryPrediction, TimePrediction | None]]:
+    """Predicted memory per batch size and (at batch 1) roofline time of ``name`` at ``setting``.
+
+    ``mixed_precision``: float32 weights under CUDA autocast to ``dtype`` (memory only; protocol suffix
+    ``amp``) instead of ``dtype`` weights.
+    """
     out: dict[int, tuple[MemoryPrediction, TimePrediction | None]] = {}
     for b in batch_sizes:
         gen = build(name, device="meta", dtype=dtype)
         cond = getattr(gen, "conditioning", None)
         kw = dict(num_frames=setting.num_frames, height=setting.height, width=setting.width, steps=setting.steps,
                   batch_size=b, dtype=dtype, name=name)
+        if mixed_precision:
+            mem, pred = predict_sampling_memory(gen, **(kw | {"dtype": "float32"}), autocast=dtype), None
+            record_memory_prediction(rec, name, mem, setting, conditioning=cond,
+                                     protocol=f"{MEMORY_PROTOCOL} amp={dtype}")
+            out[b] = (mem, pred)
+            continue
         if b == 1 and gpus:
             mem, pred = predict_sampling_cost(gen, **kw)
             record_time_prediction(rec, name, pred, setting, gpus, conditioning=cond)

@@ -54,6 +54,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="add predicted peak CUDA memory per --batch-sizes (fp16, fake tensors) and roofline "
                         "time per --gpus")
     p.add_argument("--gpus", default=",".join(DEFAULT_GPUS), help="GPUs for predicted times (default: %(default)s)")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="with --predict: float32 weights under CUDA autocast fp16 (memory only) instead of fp16 "
+                        "weights")
     p.add_argument("--scaling", action="store_true",
                    help="sweep TMACs, predicted memory and time over --scaling-frames and --scaling-sizes; writes "
                         "tables/scaling.md and figures/scaling.{png,pdf} under --results")
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         entry |= {"params": cost.params, "params_denoiser": cost.paper_params, "tmacs_paper": cost.paper_tmacs,
                   "tflops_true": cost.true_tflops, "stages": cost.as_rows()}
         if args.predict:
-            entry["predicted"] = _predict(rec, name, setting, batch_sizes, gpus)
+            entry["predicted"] = _predict(rec, name, setting, batch_sizes, gpus, args.mixed_precision)
         if not args.count_only:
             n_before = len(rec.rows)
             try:
@@ -151,11 +154,14 @@ def _first(rows: list[dict[str, Any]], metric: str) -> float | None:
     return next((r["value"] for r in rows if r["metric"] == metric and r["batch_size"] == 1), None)
 
 
-def _predict(rec: Recorder, name: str, setting: Setting, batch_sizes: list[int], gpus: list) -> dict[str, Any]:
+def _predict(rec: Recorder, name: str, setting: Setting, batch_sizes: list[int], gpus: list,
+             mixed_precision: bool = False) -> dict[str, Any]:
     """Predicted memory (GiB, whole call and without the SD VAE decoder, per stage) and times (s/video)."""
     t0 = time.perf_counter()
-    preds = record_predictions(rec, name, setting, batch_sizes=batch_sizes, gpus=gpus)
-    out: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 1)}
+    preds = record_predictions(rec, name, setting, batch_sizes=batch_sizes, gpus=gpus,
+                               mixed_precision=mixed_precision)
+    out: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 1),
+                           "precision": "float32 weights, autocast fp16" if mixed_precision else "fp16"}
     for b, (mem, pred) in preds.items():
         out[f"memory_gib@b{b}"] = {"peak": mem.peak / GIB, "peak_excl_vae_decoder":
                                    mem.peak_excluding(EXCLUDED_STAGES) / GIB, "weights": mem.weights / GIB,
@@ -186,7 +192,7 @@ def _print(args: argparse.Namespace, name: str, e: dict[str, Any]) -> None:
                          f"({v['peak']:.2f} with the SD VAE decoder stage)"
                          for k, v in pred.items() if k.startswith("memory_gib@"))
         times = ", ".join(f"{g} {v['excl_vae_decoder']:.2f} s" for g, v in pred.get("time_s", {}).items())
-        print(f"  predicted (fp16, fake tensors, {pred['seconds']} s): peak {mems}"
+        print(f"  predicted ({pred['precision']}, fake tensors, {pred['seconds']} s): peak {mems}"
               + (f"; roofline time per video excl. SD decoder: {times}" if times else ""))
 
 

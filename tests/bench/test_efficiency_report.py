@@ -173,6 +173,9 @@ def test_table9_predicted_reads_stage_rows_without_the_vae_decoder(tmp_path):
     # a scaling-sweep row at another protocol must not leak into Table 9
     rec.add(generator="modelscope-t2v", metric="predicted_peak_memory/denoiser", value=99.0, unit="GiB",
             setting=PAPER, protocol="fake-cuda sdpa=auto workspace=sm80/scaling", dtype="float16")
+    # nor the mixed-precision variant
+    rec.add(generator="modelscope-t2v", metric="predicted_peak_memory/denoiser", value=12.3, unit="GiB",
+            setting=PAPER, protocol="fake-cuda sdpa=auto workspace=sm80 amp=float16", dtype="float16")
     from cmdbench.bench.efficiency_report import load_efficiency_records
 
     recs = load_efficiency_records(results / "records")

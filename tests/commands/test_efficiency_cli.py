@@ -59,6 +59,11 @@ def test_predict_adds_memory_and_roofline_times_equal_to_a_direct_prediction(cap
     assert pred["memory_gib@b2"]["peak_excl_vae_decoder"] > pred["memory_gib@b1"]["peak_excl_vae_decoder"]
     assert set(pred["time_s"]) == {"A100-40GB", "H200"}
     assert pred["time_s"]["H200"]["total"] == pytest.approx(time.time(get_gpu("H200")), rel=1e-12)
+    assert main(["efficiency", *SMALL, "--count-only", "--predict", "--mixed-precision", "--json"]) == 0
+    amp = json.loads(capsys.readouterr().out)["tiny-unet3d"]["predicted"]
+    # float32 weights: about twice the fp16 ones (integer buffers and 512-byte blocks do not double)
+    assert amp["memory_gib@b1"]["weights"] == pytest.approx(2 * pred["memory_gib@b1"]["weights"], rel=0.03)
+    assert "time_s" not in amp and amp["precision"].startswith("float32 weights")
     assert main(["efficiency", *SMALL, "--count-only", "--predict", "--gpus", "V100"]) == 2
     assert "unknown ['V100']" in capsys.readouterr().err
 
