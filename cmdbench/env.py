@@ -14,8 +14,10 @@ import subprocess
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: `cmdbench compare` needs device_key without it
+    import torch
 
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "numpy", "scipy", "decord",
             "clip-anytorch", "pandas")
@@ -71,6 +73,7 @@ def cpu_model() -> str:
 def blas_build() -> str:
     """The BLAS torch was built with, e.g. ``"mkl 2024.2"`` or ``"openblas"``, plus the CPU capability
     torch dispatches to (``"AVX512"``); from ``torch.__config__.show()``."""
+    import torch
     text = torch.__config__.show()
     info = re.search(r"BLAS_INFO=([\w.-]+)", text)
     blas = info.group(1) if info else "unknown-blas"
@@ -84,6 +87,7 @@ def blas_build() -> str:
 def device_name(device: str | torch.device = "cpu") -> str:
     """Human-readable device name, e.g. ``"NVIDIA H100 80GB HBM3"`` or
     ``"cpu: Intel Xeon Processor (family 6 model 167) (2 threads, mkl 2024.2, AVX512)"``; ``"meta"``."""
+    import torch
     dev = torch.device(device)
     if dev.type == "meta":
         return "meta"
@@ -111,10 +115,12 @@ def device_key(device_name: str, torch_version: str | None = None, cuda_version:
 
 def current_device_key(device: str | torch.device = "cpu") -> str:
     """:func:`device_key` of this process on ``device``."""
+    import torch
     return device_key(device_name(device), torch.__version__, cuda_version())
 
 
 def cuda_version() -> str:
+    import torch
     return torch.version.cuda or "none"
 
 
@@ -159,6 +165,7 @@ def _dist_git_sha(dist: metadata.Distribution) -> str:
 
 def capture_environment(device: str | torch.device = "cpu", dtype: str = "float32") -> dict:
     """Everything that can make two numbers differ, as a JSON-able dict."""
+    import torch
     sha, dirty = git_info()
     return {
         "git_sha": sha,
