@@ -30,7 +30,7 @@ from cmdbench.metrics import pips
 from cmdbench.metrics.fvmd import MotionFeatureExtractor, MotionFeatures
 from cmdbench.metrics.motion import FarnebackFlow, video_motion
 
-THREADS, ROUNDS = 2, 3
+THREADS, ROUNDS = 2, 5
 FULL = os.environ.get("CMDBENCH_BENCH_FULL") == "1"
 RESULTS: dict[str, dict[str, float]] = {}
 SETTINGS = [pytest.param((128, 25), id="128px-5x5"),
