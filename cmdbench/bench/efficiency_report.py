@@ -395,6 +395,7 @@ def figure1(rec: pd.DataFrame, paper: pd.DataFrame, figures: Path) -> list[Path]
     gpu = [g for g in measured_groups(rec) if (g[3], g[4], g[2]) == (512, 1024, 16) and g[0] != "meta"
            and not g[0].startswith("cpu")]
     sources = set()
+    xs = []
     for method, gen in MAIN:
         fvd = _value(paper, protocol="Table 3", generator=method, metric="fvd")
         mem_ours = _value(_get(rec, device_name=gpu[-1][0]), generator=gen, metric="peak_memory_excl_vae_decoder",
@@ -411,11 +412,12 @@ def figure1(rec: pd.DataFrame, paper: pd.DataFrame, figures: Path) -> list[Path]
         if fvd is None or mem is None or tm is None:
             continue
         ax.scatter([mem], [fvd], s=tm * 2.0, alpha=0.5)
+        xs.append(mem)
         ax.annotate(f"{method}\n{tm:.0f} TMAC ({tm_label})", (mem, fvd), ha="center", va="center", fontsize=8)
     ax.set_xlabel(f"sampling memory, excl. SD decoder ({'; '.join(sorted(sources))})", fontsize=8)
     ax.set_ylabel("WebVid-10M FVD (paper, Table 3)")
     ax.set_title("Fig. 1: FVD vs memory; bubble area ~ TMAC (50 steps, counted)", fontsize=9)
-    ax.set_xlim(4.5, 10)
+    ax.set_xlim(min([4.5, *[x - 1.0 for x in xs]]), max([10.0, *[x + 1.5 for x in xs]]))
     ax.set_ylim(150, 550)
     return _save(fig, figures, "efficiency_fig1")
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter, NullLocator
 
 from cmdbench.bench.plots import plt, save_figure
 from cmdbench.bench.tables import to_markdown, write_text_atomic
@@ -165,10 +166,11 @@ def scaling_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def scaling_figure(df: pd.DataFrame, stem: Path, *, frames_size: int = FRAMES_SIZE,
-                   sizes_frames: int = SIZES_FRAMES, gpu_memory_gb: float | None = 40.0) -> list[Path]:
+                   sizes_frames: int = SIZES_FRAMES) -> list[Path]:
     """3 x 2 panels: TMAC, predicted memory, predicted time (rows) against frames and size (columns).
 
-    Unsupported settings are drawn as crosses on the x axis; a dashed line marks ``gpu_memory_gb``.
+    MACs and time on log axes, memory on a linear one; unsupported settings are crosses near the bottom
+    (one row per generator).
     """
     fig, axes = plt.subplots(3, 2, figsize=(10, 10), sharex="col")
     quantities = (("tmacs_paper", "TMAC, 50 DDIM steps\n(CMD convention)"),
@@ -182,23 +184,26 @@ def scaling_figure(df: pd.DataFrame, stem: Path, *, frames_size: int = FRAMES_SI
         for row_i, (q, ylabel) in enumerate(quantities):
             ax = axes[row_i, col]
             positive = False
-            for g in gens:
+            for i, g in enumerate(gens):
                 sub = rows[rows["generator"] == g].sort_values(xkey)
                 ok = sub[sub["status"] == "ok"]
                 ys = ok[q].astype(float)
                 positive |= bool((ys > 0).any())
                 ax.plot(ok[xkey], ys, marker="o", color=colors[g], label=g)
                 bad = sub[sub["status"] != "ok"]
-                if not bad.empty:  # at the bottom edge of the panel (x in data, y in axes coordinates)
-                    ax.scatter(bad[xkey], [0.0] * len(bad), marker="x", color=colors[g], clip_on=False, zorder=3,
+                if not bad.empty:  # near the bottom edge, one row per generator (x in data, y in axes coordinates)
+                    ax.scatter(bad[xkey], [0.03 + 0.045 * i] * len(bad), marker="x", color=colors[g], zorder=3,
                                transform=ax.get_xaxis_transform())
             ax.set_xscale("log", base=2)
-            if positive:
+            xs = sorted(rows[xkey].dropna().astype(int).unique())
+            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.xaxis.set_minor_locator(NullLocator())
+            if q == "memory_gib":  # GiB read best on a linear axis from zero
+                ax.set_ylim(bottom=0)
+            elif positive:
                 ax.set_yscale("log")
-            if q == "memory_gib" and gpu_memory_gb:
-                ax.axhline(gpu_memory_gb * 1e9 / GIB, ls="--", color="grey", lw=0.8)
-                ax.annotate("A100 40GB", (ax.get_xlim()[0], gpu_memory_gb * 1e9 / GIB), fontsize=7, color="grey",
-                            va="bottom")
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
             if col == 0:
                 ax.set_ylabel(ylabel, fontsize=8)
             if row_i == 2:
@@ -206,7 +211,7 @@ def scaling_figure(df: pd.DataFrame, stem: Path, *, frames_size: int = FRAMES_SI
             ax.tick_params(labelsize=7)
     if gens:
         axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Cost scaling (x at the axis: setting the generator refuses)", fontsize=9)
+    fig.suptitle("Cost scaling (x near the bottom: a setting the generator refuses)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, stem)
 
