@@ -118,19 +118,20 @@ class Setting:
 PAPER_SETTING = Setting(16, 512, 1024, 50)
 PAPER_STEPS = (50, 100)
 TRAINING_SETTING = Setting(16, 512, 512, 1)
-# Full architectures at 128x128x16, 2 DDIM steps, batch 1, float32, one timed call and no warm-up call
-# (CPU_WARMUP): CMD (sizes in multiples of 64 for the SD 2.1 presets), ModelScope and LVDM all take it, so
-# all three are timed side by side in the same run. It was 256x256x16 (ModelScope/CMD 11.2x there), which
-# alone took ~10 of the reproduction's ~12 minutes on 2 cores (the SD VAE decoder on 16 frames, which the
-# paper's time excludes but every sample() call pays, was ~40% of it); at 128x128 the three calls take about
-# a quarter of that, so the whole main job (counts, GPU predictions, scaling sweep, measurements) fits in
-# ~6 minutes. The GPU reading of Table 9 now comes from the predictions and a GPU run (``nox -s gpu_check``);
-# the CPU times are a same-machine sanity check whose ratios are distorted at small sizes by per-layer
-# fixed costs (2.5x at 64x64x16, 1 step) and, without a warm-up call, by first-call costs (oneDNN primitive
-# creation per layer shape: CMD's text encoder 3.4 s on its first call, 0.26 s after), which weigh most on
-# CMD's five networks. A generator that refuses a setting is recorded as unsupported.
+# Full architectures at 128x128x16, 2 DDIM steps, batch 1, float32, one untimed warm-up call and one timed
+# call (CPU_WARMUP): CMD (sizes in multiples of 64 for the SD 2.1 presets), ModelScope and LVDM all take it, so
+# all three are timed side by side in the same run. It was 256x256x16 without a warm-up (ModelScope/CMD 11.2x
+# there), which alone took ~10 of the reproduction's ~12 minutes on 2 cores (the SD VAE decoder on 16 frames,
+# which the paper's time excludes but every sample() call pays, was ~40% of it). At 128x128 a call costs about
+# a quarter of that; the warm-up call is needed at this size: without it, first-call costs (oneDNN primitive
+# creation per layer shape, lazy initialisation: CMD's text encoder 3.4 s on its first call, 0.26 s after)
+# dominate and weigh most on CMD's five networks (ModelScope/CMD 0.96x without, 5.0x with the warm-up on an
+# idle machine). The whole main job (counts, GPU predictions, scaling sweep, measurements) then takes ~5
+# minutes on 2 idle cores. The GPU reading of Table 9 comes from the predictions and a GPU run (``nox -s
+# gpu_check``); the CPU times are a same-machine sanity check whose ratios are compressed at small sizes by
+# per-layer fixed costs. A generator that refuses a setting is recorded as unsupported.
 CPU_SETTING = Setting(16, 128, 128, 2)
-CPU_WARMUP = 0  # calls of tens of seconds to minutes: one-time start-up costs are a small share
+CPU_WARMUP = 1
 EXCLUDED_STAGES = ("vae_decoder",)  # Table 9 leaves the SD decoder out
 
 
