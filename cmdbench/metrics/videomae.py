@@ -19,8 +19,9 @@ Something-Something-v2 (``vit_g_hybrid_pt_1200e_ssv2_ft.pth``). cd-fvd's feature
 The Fréchet distance then uses cd-fvd's statistics: mean and the **biased** (/N) covariance accumulated in
 float64 from float32 features, and ``scipy.linalg.sqrtm`` (StyleGAN-V's ``compute_fvd``), i.e. cmdbench's
 :class:`~cmdbench.metrics.frechet.FeatureStats` with ``ddof=0`` and ``sqrtm="scipy"`` -- the one Fréchet
-implementation, reused through :class:`~cmdbench.metrics.fvd.FVD`. Its I3D path is the ``tats``-style
-I3D FVD cmdbench already computes (``fvd-*`` presets).
+implementation, reused through :class:`~cmdbench.metrics.fvd.FVD`. cd-fvd's other path, I3D, is not repeated
+here: its features are the ``tats`` preset's (``i3d_pretrained_400``, whole frame to 224 bilinear, [-1, 1]),
+its distance the same /N covariance and scipy ``sqrtm`` as above.
 
 Architecture written for cmdbench; module and parameter names follow the checkpoint (read in cd-fvd's
 vendored ``VideoMAEv2/videomaev2_finetune.py``, MIT, itself from BEiT/timm), so the file loads with
