@@ -203,8 +203,8 @@ def record_counts(rec: Recorder, name: str, costs: Sequence[GeneratorCost], cond
         setting = Setting(cost.num_frames, cost.height, cost.width, cost.steps)
         rec.add(generator=name, metric="tmacs_paper", value=cost.paper_tmacs, unit="TMAC", setting=setting,
                 conditioning=conditioning,
-                notes="CMD convention: one conditional denoiser pass per step, batch 1, attention scores, "
-                      "text encoder and SD decoder excluded")
+                notes="CMD convention (fvcore's count): one conditional denoiser pass per step, batch 1, fused "
+                      "attention, text encoder and SD decoder excluded")
         rec.add(generator=name, metric="tflops_true", value=cost.true_tflops, unit="TFLOP", setting=setting,
                 batch_size=cost.batch_size, conditioning=conditioning,
                 notes="2*MAC of every op incl. attention, guidance passes, text encoder and decoders")
@@ -235,8 +235,9 @@ def record_training(rec: Recorder, name: str, setting: Setting = TRAINING_SETTIN
         both = count_flops(st.module, st.make_inputs(1), forward=st.forward, backward=True)
         common = dict(generator=name, setting=setting, conditioning=cond, protocol=f"{COUNT_PROTOCOL}/training")
         rec.add(metric=f"train_tmacs_forward/{st.name}",
-                value=fwd.macs_excl_attention / 1e12, unit="TMAC",
-                notes=f"one forward, batch 1, attention scores excluded (paper's inferred convention); from {source}",
+                value=fwd.paper_macs / 1e12, unit="TMAC",
+                notes=f"one forward, batch 1, fvcore's count (fused attention excluded; the paper's convention, "
+                      f"cmdbench.metrics.efficiency); from {source}",
                 **common)
         rec.add(metric=f"train_tflops_true/{st.name}", value=both.flops / 1e12, unit="TFLOP",
                 notes=f"forward+backward, 2*MAC incl. attention, batch 1, no optimiser; from {source}", **common)
@@ -415,6 +416,8 @@ def measure_generator(rec: Recorder, name: str, setting: Setting, *, batch_sizes
                       dtype: str, timing: TimingConfig, log: Any = print) -> None:
     """Build ``name`` with random weights on ``device`` and measure ``sample()`` per batch size."""
     gen = build(name, device=device, dtype=dtype)
+    if hasattr(gen, "motion_steps_for"):  # Table 9 reads "steps" as every stage's steps (CMD: content and motion)
+        gen.motion_steps = setting.steps
     guidance = getattr(getattr(gen, "defaults", None), "guidance_scale", None)
     cond = getattr(gen, "conditioning", None)
     try:

@@ -91,3 +91,30 @@ def test_measurement_rows_use_the_shared_names_per_video(tmp_path):
     assert rows["peak_memory"]["value"] == 3.0 and rows["peak_memory"]["protocol"] == "cpu-rss"
     assert rows["peak_memory_excl_vae_decoder"]["value"] == 1.0
     assert rows["peak_memory/vae_decoder"]["value"] == 3.0 and rows["peak_memory/vae_decoder"]["unit"] == "GiB"
+
+
+def test_cmd_is_timed_with_the_settings_steps_in_both_stages(monkeypatch, tmp_path):
+    """Table 9 reads "steps" as every stage's steps; CMD's quality default (100 motion steps at 50) must not
+    leak into the timed setting, or the time would cover 50 + 100 calls while the counts say 50 + 50."""
+    from cmdbench.bench import repro_efficiency as re_
+
+    class FakeCMD:
+        motion_steps = None
+        conditioning = "text"
+
+        def motion_steps_for(self, steps):
+            return self.motion_steps or (100 if steps == 50 else steps)
+
+    seen = []
+
+    def measure(gen, **kw):
+        seen.append(gen.motion_steps_for(kw["steps"]))
+        return type("OOM", (), {"status": "oom", "error": "stand-in"})()
+
+    monkeypatch.setattr(re_, "build", lambda name, **kw: FakeCMD())
+    monkeypatch.setattr(re_, "measure_sampling", measure)
+    monkeypatch.setattr(re_, "record_measurement", lambda *a, **kw: None)
+    re_.measure_generator(Recorder(tmp_path), "cmd-webvid-512x1024", Setting(16, 512, 1024, 50), batch_sizes=[1],
+                          device="cpu", dtype="float32", timing=TimingConfig(warmup=0, min_repeats=1),
+                          log=lambda *a: None)
+    assert seen == [50]
