@@ -100,6 +100,9 @@ class BenchConfig:
     those metrics' factories, given as a mapping ``{"fvd2048_16f": {"ref_stats": "real.npz", "strict": false}}``
     (JSON scalars as values) and stored canonically as sorted pairs (hashable, part of the run key);
     trackers: cost trackers (``"time"``, ``"memory"``); dataset: name recorded in rows (e.g. the reference set).
+    through_codec / codec_crf / codec_pix_fmt: score the videos after an H.264 round trip
+    (:func:`cmdbench.video.codec_round_trip`), i.e. exactly the pixels ``sample`` + ``evaluate --videos``
+    score; the storage is recorded in every metric row (in-memory uint8 otherwise).
     """
 
     generator: str
@@ -116,6 +119,9 @@ class BenchConfig:
     trackers: tuple[str, ...] = ("time", "memory")
     dataset: str = ""
     save_videos: bool = False
+    through_codec: bool = False
+    codec_crf: int = 18
+    codec_pix_fmt: str = "yuv420p"
     notes: str = ""
 
     def __post_init__(self) -> None:

@@ -64,5 +64,5 @@ def test_cli_bench_with_cuda_on_a_cpu_machine_prints_one_line(no_cuda, tmp_path,
                "--records", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2
-    assert err.startswith("cmdbench bench: error: device='cuda': cuda is not available on this machine")
+    assert err.startswith("cmdbench bench: error: --device='cuda': cuda is not available on this machine")
     assert "Traceback" not in err and len(err.splitlines()) == 1

@@ -409,7 +409,7 @@ SETTING_FIELDS = ("generator", "checkpoint", "checkpoint_sha", "conditioning", "
                   "width", "steps", "guidance_scale", "batch_size", "dtype")
 # Keys of ``MetricValue.extra`` that say what a value was computed with or against: the FVD protocol's hash,
 # the real-set statistics key and the feature extractor's checksum; CLIP's weight checksum.
-PROVENANCE_KEYS = ("protocol_hash", "reference_key", "extractor_checksum", "weights_sha256")
+PROVENANCE_KEYS = ("protocol_hash", "reference_key", "extractor_checksum", "weights_sha256", "storage")
 # Environment flags that change numerics on the same device (capture_environment's keys).
 NUMERIC_FLAGS = ("tf32_matmul", "tf32_cudnn", "float32_matmul_precision")
 

@@ -58,7 +58,7 @@ import torch
 from cmdbench.bench.results import RecordWriter, config_hash, make_row, new_run_id, now_utc
 from cmdbench.config import BenchConfig, stable_hash, to_jsonable
 from cmdbench.env import capture_environment, generator_provenance
-from cmdbench.interfaces import GeneratorSpec, MetricValue
+from cmdbench.interfaces import GeneratorSpec, MetricValue, check_device, is_paired
 from cmdbench.registry import GENERATORS, METRICS, load_plugins
 from cmdbench.seeding import format_seeds, make_generators, parse_seeds
 
@@ -230,10 +230,23 @@ def run_bench(
     on_batch_done: called as ``(batch_index, num_batches)`` after each batch is recorded.
     """
     load_plugins()
+    check_device(config.device, what="--device")  # before anything is written
     GENERATORS.get(config.generator)  # unknown name -> close matches, before anything is written
     for name in config.metrics:
         METRICS.get(name)
         check_metric_options(name, config.options_for(name))
+    metrics = {name: build_metric(name, config.device, config.options_for(name)) for name in config.metrics}
+    paired = [name for name, m in metrics.items() if is_paired(m)]
+    if paired:
+        raise ValueError(f"metrics {paired} compare each video with its reference video; `cmdbench bench` samples "
+                         "without references: score sampled videos with `cmdbench evaluate --videos DIR "
+                         "--references DIR` instead")
+    if config.through_codec:
+        from cmdbench.video import mp4_storage
+
+        for m in metrics.values():
+            if hasattr(m, "storage"):
+                m.storage = mp4_storage(crf=config.codec_crf, pix_fmt=config.codec_pix_fmt)
     run_id = run_id or new_run_id("bench")
     writer = RecordWriter(records_dir, run_id)
     progress_dir = writer.directory / f"{run_id}.progress"
@@ -266,7 +279,6 @@ def run_bench(
     done = {i for i in range(len(batches)) if (progress_dir / f"batch-{i:05d}.json").exists()}
     pending = [i for i in range(len(batches)) if i not in done]
 
-    metrics = {name: build_metric(name, config.device, config.options_for(name)) for name in config.metrics}
     _restore_metrics(metrics, sorted(done), batches, seeds, res, progress_dir)
 
     if pending:
@@ -324,8 +336,8 @@ def _sample_batches(config: BenchConfig, gen: Any, res: Resolved, seeds: Sequenc
     cuda = device.type == "cuda"  # CUDA is asynchronous: synchronise around the timed call
     memory = PeakMemory(config.device) if track_memory else None
     baseline = current_rss() if memory is not None and not memory.cuda else 0
-    bar = tqdm(total=len(batches), initial=len(batches) - len(pending), desc=f"bench {config.generator}",
-               unit="batch", disable=not progress)
+    bar = tqdm(total=len(seeds), initial=sum(len(batches[i]) for i in range(len(batches)) if i not in pending),
+               desc=f"bench {config.generator}", unit="video", disable=not progress)
     previous_hook = getattr(gen, "stage_hook", None)
     with ExitStack() as stack:
         if memory is not None:
@@ -349,6 +361,10 @@ def _sample_batches(config: BenchConfig, gen: Any, res: Resolved, seeds: Sequenc
             elapsed = time.perf_counter() - t0
             recorder.finish()
             peak = recorder.peak_overall if memory is not None else None
+            if config.through_codec:  # the pixels `sample` + `evaluate --videos` would score
+                from cmdbench.video import codec_round_trip
+
+                videos = codec_round_trip(videos, crf=config.codec_crf, pix_fmt=config.codec_pix_fmt)
             for metric in metrics.values():
                 metric.update(videos, cond.get("prompts"))
             if config.save_videos:
@@ -365,7 +381,7 @@ def _sample_batches(config: BenchConfig, gen: Any, res: Resolved, seeds: Sequenc
                 "peak_bytes": peak, "baseline_bytes": baseline, "memory_label": memory.label if memory else None,
                 "pid": os.getpid(), "finished_utc": now_utc(),
             })
-            bar.update(1)
+            bar.update(len(idx))
             if on_batch_done is not None:
                 on_batch_done(i, len(batches))
 

@@ -18,7 +18,7 @@ EPILOG = """examples:
       --metric-option fvd2048_16f:ref_stats=real.npz --metric-option fvd2048_16f:strict=false
 config JSON keys: generator, seeds, sampling{num_frames,height,width,steps,guidance_scale,batch_size},
   checkpoint, tiny, device, dtype, prompts, labels, metrics, metric_options{metric:{key:value}}, trackers,
-  dataset, save_videos, notes
+  dataset, save_videos, through_codec, codec_crf, codec_pix_fmt, notes
 """
 
 SAMPLING_KEYS = ("num_frames", "height", "width", "steps", "guidance_scale", "batch_size")
@@ -42,6 +42,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="cost tracker, repeatable (default: time and memory)")
     parser.add_argument("--dataset", help="dataset name recorded in the rows")
     parser.add_argument("--save-videos", action="store_true", default=None, help="also write one mp4 per seed")
+    parser.add_argument("--through-codec", action="store_true", default=None,
+                        help="score the videos after an H.264 round trip (the pixels `sample` + `evaluate --videos` "
+                             "score); the storage is recorded in every metric row")
+    parser.add_argument("--codec-crf", type=int, help="--through-codec: x264 crf (default 18, as sample writes)")
+    parser.add_argument("--codec-pix-fmt", help="--through-codec: pixel format (default yuv420p, as sample writes)")
     parser.add_argument("--notes", help="free text recorded in every row")
     parser.add_argument("--records", type=Path, default=Path("results/records"), help="records directory")
     parser.add_argument("--run-id", help="run id (default: new); an existing id resumes that run")
@@ -66,7 +71,7 @@ def config_from_args(args: argparse.Namespace):
     sampling.update({k: getattr(args, k) for k in SAMPLING_KEYS if getattr(args, k) is not None})
     data["sampling"] = sampling
     for key in ("generator", "seeds", "checkpoint", "tiny", "device", "dtype", "prompts", "labels", "metrics",
-                "trackers", "dataset", "save_videos", "notes"):
+                "trackers", "dataset", "save_videos", "through_codec", "codec_crf", "codec_pix_fmt", "notes"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value

@@ -125,3 +125,36 @@ def test_bad_metric_options_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"no option\(s\) \['ref_stat'\].*accepts .*'ref_stats'"):
         run_bench(cfg, tmp_path / "records", progress=False)
     assert not list((tmp_path / "records").glob("*.json"))  # refused before anything was written
+
+
+def test_bench_through_codec_scores_the_decoded_mp4_pixels_and_records_the_storage(tmp_path, real_npz):
+    """--through-codec: the FVD equals the one of the H.264 round-tripped videos, the storage is in the row,
+    and in-memory and mp4 rows never share a config_hash (they are different numbers)."""
+    from cmdbench.video import codec_round_trip
+
+    mem = run_bench(fvd_config(str(real_npz)), tmp_path / "records", run_id="mem", progress=False)
+    mp4 = run_bench(fvd_config(str(real_npz), through_codec=True), tmp_path / "records", run_id="mp4",
+                    progress=False)
+    mem_row, mp4_row = (df[df["metric"] == METRIC].iloc[0] for df in (mem, mp4))
+    assert "mp4 libx264 crf=18 yuv420p" in mp4_row["notes"] and "in-memory uint8" in mem_row["notes"]
+    assert mem_row["config_hash"] != mp4_row["config_hash"]
+    cfg = fvd_config(str(real_npz))
+    load_plugins()
+    gen = GENERATORS.get("tiny-unet3d")(GeneratorSpec(tiny=True))
+    res = resolve(cfg, gen)
+    seeds = parse_seeds(cfg.seeds)
+    direct = FVD("tats", metric=METRIC, reference=real_npz, extractor="i3d-random-tiny", strict=False,
+                 allow_singular=True)
+    for batch in ([0, 1], [2]):  # the runner's batches (batch size 2)
+        videos = gen.sample(**conditions_for(res, seeds, batch), num_frames=16, height=16, width=16, steps=1,
+                            guidance_scale=res.guidance_scale, generator=make_generators([seeds[i] for i in batch]))
+        direct.update(codec_round_trip(videos))
+    assert mp4_row["value"] == pytest.approx(direct.compute().value, rel=1e-6)
+    assert mp4_row["value"] != pytest.approx(mem_row["value"], rel=1e-6)
+
+
+def test_bench_refuses_paired_metrics_before_writing_anything(tmp_path):
+    cfg = BenchConfig(generator="tiny-unet3d", tiny=True, seeds="0-1", metrics=("psnr",), trackers=())
+    with pytest.raises(ValueError, match="evaluate --videos DIR --references DIR"):
+        run_bench(cfg, tmp_path / "records", progress=False)
+    assert not (tmp_path / "records").exists() or not any((tmp_path / "records").iterdir())
