@@ -97,6 +97,15 @@ class JEDi(FVD):
                          strict=strict, storage=storage)
         self.name = "jedi"
 
+    def set_reference(self, reference: Any) -> None:
+        """Real statistics of this protocol and extractor holding the second moments Σxxᵀ (``cmdbench ref-stats``
+        files do; a (mu, sigma) file of another tool does not, and is refused)."""
+        stats = FeatureStats.load(reference) if isinstance(reference, (str, Path)) else reference
+        if not isinstance(stats, FeatureStats):  # e.g. GaussianStats
+            raise ValueError(f"JEDi needs the real features' second moments (a `cmdbench ref-stats` file); got "
+                             f"{type(stats).__name__} (mean and covariance only)")
+        super().set_reference(stats)
+
     def describe(self) -> str:
         """One line: protocol, extractor and checksum, clip, preprocessing and kernel (printed and recorded)."""
         p, ex = self.protocol, self.extractor

@@ -122,11 +122,11 @@ class KVD(FVD):
     def keep_features(self) -> bool:
         return True  # the kernel needs every feature vector
 
-    def set_reference(self, reference: FeatureStats | str | Path) -> None:
-        """Real statistics of the same preset and extractor, with their per-clip features."""
-        stats = reference if isinstance(reference, FeatureStats) else FeatureStats.load(reference)
-        if stats.bank is None or len(stats.bank) != stats.n:
-            where = reference if not isinstance(reference, FeatureStats) else "the reference statistics"
+    def set_reference(self, reference: Any) -> None:
+        """Real statistics of the same preset and extractor, with their per-clip features (not a (mu, sigma))."""
+        stats = FeatureStats.load(reference) if isinstance(reference, (str, Path)) else reference
+        if getattr(stats, "bank", None) is None or len(stats.bank) != stats.n:
+            where = reference if isinstance(reference, (str, Path)) else "the reference statistics"
             kept = 0 if stats.bank is None else len(stats.bank)
             raise ValueError(
                 f"KVD needs the per-clip real features; {where} hold {stats.n} clips but keep {kept} feature "

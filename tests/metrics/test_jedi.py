@@ -18,7 +18,7 @@ from torch import nn
 import cmdbench.metrics.catalog  # noqa: F401  (registers jedi)
 from cmdbench.interfaces import VideoMetric
 from cmdbench.metrics import vjepa
-from cmdbench.metrics.frechet import FeatureStats, InsufficientSamplesError
+from cmdbench.metrics.frechet import FeatureStats, GaussianStats, InsufficientSamplesError
 from cmdbench.metrics.fvd import preprocessing_of
 from cmdbench.metrics.jedi import PROTOCOL, JEDi, jedi_distance
 from cmdbench.metrics.reference import ProtocolMismatchError
@@ -159,6 +159,10 @@ def test_metric_streams_records_its_protocol_and_guards_reference(tiny_files):
     other = JEDi(extractor="vjepa-random-tiny", strict=False)
     with pytest.raises(ProtocolMismatchError):
         other.set_reference(m.real_accum)
+    # (mu, sigma) of another tool has no second moments
+    mu, sigma = m.real_accum.mean_cov(1, allow_singular=True)
+    with pytest.raises(ValueError, match="second moments"):
+        m.set_reference(GaussianStats(mu, sigma, n=4, metadata=m.real_accum.metadata))
 
 
 def test_registry_factory_and_random_stand_ins():
@@ -233,6 +237,7 @@ def test_peer_loads_the_same_files_strictly(tiny_files):
         assert torch.equal(v, ours[k]), k
 
 
+@pytest.mark.filterwarnings("ignore:feature_path is not provided")  # JEDiMetric() without a cache folder
 def test_features_and_value_match_videojedi(tiny_files):
     peer = peer_vjepa(tiny_files)
     from videojedi import JEDiMetric

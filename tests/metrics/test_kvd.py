@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cmdbench.metrics.catalog  # noqa: F401  (registers kvd)
-from cmdbench.metrics.frechet import FeatureStats, InsufficientSamplesError
+from cmdbench.metrics.frechet import FeatureStats, GaussianStats, InsufficientSamplesError
 from cmdbench.metrics.fvd import get_protocol
 from cmdbench.metrics.kvd import KVD, kernel_distance, mmd2_unbiased
 from cmdbench.metrics.reference import ProtocolMismatchError
@@ -99,6 +99,9 @@ def test_metric_on_tiny_i3d_records_kernel_and_needs_real_features():
     no_features.update(with_features.bank.array())
     with pytest.raises(ValueError, match="per-clip real features"):
         KVD(p, extractor=m.extractor, reference=no_features)
+    mu, sigma = with_features.mean_cov(1, allow_singular=True)
+    with pytest.raises(ValueError, match="per-clip real features"):
+        KVD(p, extractor=m.extractor, reference=GaussianStats(mu, sigma, n=5, metadata=with_features.metadata))
     other = get_protocol("tats").__class__(**{**get_protocol("tats").__dict__, "num_real": 5, "num_fake": 5})
     with pytest.raises(ProtocolMismatchError):
         KVD(other, extractor="i3d-random-tiny", reference=with_features)
