@@ -75,6 +75,7 @@ class JEDi(FVD):
     extractor: ``vjepa_vith16_ssv2`` (default; files from ``extractor_path`` / ``probe_path`` or
         ``cmdbench.weights``), ``vjepa-random`` / ``vjepa-random-tiny`` (random stand-ins) or an object.
     num_real / num_fake: override the protocol's counts (a different protocol; recorded in the rows).
+    keep_features: also keep the generated clips' features (``fake.bank``), e.g. for sample-size curves.
     """
 
     higher_is_better = False
@@ -84,7 +85,8 @@ class JEDi(FVD):
                  extractor: Any = None, extractor_path: str | Path | None = None,
                  probe_path: str | Path | None = None, device: str = "cpu", batch_size: int = 4,
                  num_real: int | None = None, num_fake: int | None = None, strict: bool = True,
-                 storage: str = IN_MEMORY) -> None:
+                 storage: str = IN_MEMORY, keep_features: bool = False) -> None:
+        self._keep_features = keep_features  # (read by FVD.__init__ -> reset -> new_stats)
         if protocol not in (None, PROTOCOL.name) and not isinstance(protocol, EvalProtocol):
             raise ValueError(f"jedi has one protocol, {PROTOCOL.name!r}; got protocol={protocol!r}")
         p = protocol if isinstance(protocol, EvalProtocol) else PROTOCOL
@@ -96,6 +98,12 @@ class JEDi(FVD):
         super().__init__(p, extractor=extractor, reference=reference, device=device, batch_size=batch_size,
                          strict=strict, storage=storage)
         self.name = "jedi"
+
+    @property
+    def keep_features(self) -> bool:
+        """Keep per-clip features of the generated clips (sample-size curves, subsampling); JEDi itself needs
+        only the second moments."""
+        return self._keep_features
 
     def set_reference(self, reference: Any) -> None:
         """Real statistics of this protocol and extractor holding the second moments Σxxᵀ (``cmdbench ref-stats``
@@ -148,7 +156,7 @@ class JEDi(FVD):
 
 
 JEDI_OPTIONS = ("protocol", "reference", "ref_stats", "extractor", "extractor_path", "probe_path", "device",
-                "batch_size", "num_real", "num_fake", "strict", "storage")
+                "batch_size", "num_real", "num_fake", "strict", "storage", "keep_features")
 
 
 def jedi(protocol: str | None = None, **options: Any) -> JEDi:

@@ -172,7 +172,10 @@ def test_registry_factory_and_random_stand_ins():
     assert again.extractor.checksum == m.extractor.checksum  # seeded
     m.update_real(clips(2, 20))
     m.update(clips(2, 21))
-    assert m.compute().value > 0
+    assert m.compute().value > 0 and m.fake.bank is None  # second moments only, unless asked
+    kept = METRICS.get("jedi")(extractor="vjepa-random-tiny", strict=False, keep_features=True)
+    kept.update(clips(2, 21))
+    assert kept.fake.bank is not None and len(kept.fake.bank) == 2
     with pytest.raises(ValueError, match="one protocol"):
         METRICS.get("jedi")(protocol="videogpt")
     with pytest.raises(ValueError, match="unknown V-JEPA extractor"):
