@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cmdbench.config import EvalProtocol
@@ -45,6 +44,7 @@ from cmdbench.interfaces import MetricValue
 from cmdbench.metrics.fvd import FVD, preprocessing_of
 from cmdbench.metrics.i3d import file_sha256, state_dict_sha256
 from cmdbench.metrics.preprocess import Preprocessing, to_extractor_input
+from cmdbench.metrics.vit_blocks import Block
 from cmdbench.video import VideoFormatError, validate_video
 
 WEIGHTS_NAME = "videomae_v2_vitg14_ssv2"  # cmdbench.weights entry and extractor name of the real network
@@ -96,54 +96,6 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, t, h, w) -> (B, t*h*w, D)
 
 
-class Attention(nn.Module):
-    """Self-attention whose ``qkv`` projection has no bias of its own: ``q_bias``, zeros, ``v_bias``."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.q_bias = nn.Parameter(torch.zeros(dim))
-        self.v_bias = nn.Parameter(torch.zeros(dim))
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, heads, N, d/heads)
-        # Fused attention (scale head_dim^-1/2): the same softmax(q k^T / sqrt(d)) v as cd-fvd's explicit
-        # product, without materialising the (heads, N, N) matrix.
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, d))
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm block: ``x + attn(norm1(x))``, ``x + mlp(norm2(x))`` (LayerNorm eps 1e-6)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class VideoMAEv2(nn.Module):
     """VideoMAE-v2 fine-tuned ViT. :meth:`forward_features`: ``(B, 3, 16, 224, 224)`` in [0, 1] -> ``(B, D)``.
 
@@ -156,7 +108,8 @@ class VideoMAEv2(nn.Module):
         c = self.config = config
         self.patch_embed = PatchEmbed(c)
         self.register_buffer("pos_embed", sinusoid_table(c.num_patches, c.embed_dim), persistent=False)
-        self.blocks = nn.ModuleList(Block(c.embed_dim, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(Block(c.embed_dim, c.num_heads, c.mlp_ratio, eps=1e-6, qkv_bias="qv")
+                                    for _ in range(c.depth))
         self.fc_norm = nn.LayerNorm(c.embed_dim, eps=1e-6)
         self.head = nn.Linear(c.embed_dim, c.num_classes)
 

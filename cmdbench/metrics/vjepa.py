@@ -41,6 +41,7 @@ from torch import nn
 
 from cmdbench.metrics.i3d import file_sha256, state_dict_sha256
 from cmdbench.metrics.preprocess import Preprocessing, to_extractor_input
+from cmdbench.metrics.vit_blocks import MLP, Block
 from cmdbench.video import VideoFormatError, validate_video
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -118,48 +119,6 @@ class PatchEmbed3D(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, t, h, w) -> (B, t*h*w, D)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention, fused ``qkv`` projection, scale ``head_dim^-1/2``."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d/heads)
-        return self.proj(x.transpose(1, 2).reshape(b, n, d))
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class VJEPAEncoder(nn.Module):
     """V-JEPA video ViT: ``(B, 3, T, H, W)`` normalised frames -> tokens ``(B, N, D)`` after the final norm.
 
@@ -173,7 +132,7 @@ class VJEPAEncoder(nn.Module):
         self.patch_embed = PatchEmbed3D(c.patch_size, c.tubelet_size, c.embed_dim)
         pos = sincos_3d(c.embed_dim, c.grid, uniform_power=c.uniform_power).float().unsqueeze(0)
         self.pos_embed = nn.Parameter(pos, requires_grad=False)  # (1, t*h*w, D), fixed but stored
-        self.blocks = nn.ModuleList(Block(c.embed_dim, c.num_heads, c.mlp_ratio, 1e-6) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(Block(c.embed_dim, c.num_heads, c.mlp_ratio, eps=1e-6) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.embed_dim, eps=1e-6)
 
     def position_embedding(self, t: int, h: int, w: int) -> torch.Tensor:

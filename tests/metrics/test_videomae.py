@@ -22,6 +22,7 @@ from cmdbench.metrics import videomae
 from cmdbench.metrics.frechet import FeatureStats
 from cmdbench.metrics.fvd import preprocessing_of
 from cmdbench.metrics.reference import ProtocolMismatchError
+from cmdbench.metrics.vit_blocks import Attention
 from cmdbench.registry import METRICS
 from cmdbench.video import VideoFormatError
 
@@ -43,7 +44,7 @@ def random_model(config: videomae.VideoMAEConfig, seed: int = 0) -> videomae.Vid
     model = videomae.init_random_(videomae.VideoMAEv2(config)).eval()
     with torch.no_grad():  # non-trivial biases and norms, so a dropped q/v bias or a swapped norm is seen
         for m in model.modules():
-            if isinstance(m, videomae.Attention):
+            if isinstance(m, Attention):
                 m.q_bias.normal_(0, 0.1)
                 m.v_bias.normal_(0, 0.1)
             if isinstance(m, nn.LayerNorm):
