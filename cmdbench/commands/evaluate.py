@@ -7,19 +7,31 @@ text file with one prompt per line, cycled over the seeds, else the generator's 
 class labels ``seed % num_classes``). Sampled videos are written to ``--save-videos`` (default
 ``<records>/<run_id>.videos/``) *before* they are scored, so a failing metric never costs the samples.
 
-FVD needs real statistics: ``--ref-stats FILE`` (from ``cmdbench ref-stats``, whose protocol and extractor
-are used unless ``--protocol``/``--extractor`` override them; or a (mu, sigma) ``.npz`` of another tool,
-read under the ``--protocol`` you name) or ``--real DIR`` (computed and cached here). Paired metrics
-(PSNR, SSIM, LPIPS) compare each video with the original of the same name in ``--references DIR``
-(default: ``--real``). Captions (``--prompts`` or DIR/captions.csv) are read only when a text metric
-(CLIPSIM) runs; a video without one is left out of the text metrics only.
+FVD and the judges built on it (FVD-family: ``kvd``, ``jedi``, ``fvd-videomae``, ``fvmd``) need real
+statistics: ``--ref-stats FILE`` (from ``cmdbench ref-stats --metric NAME``, whose protocol and extractor are
+used unless ``--protocol``/``--extractor`` override them; it serves the judges of its protocol, and
+``--metric-option NAME:ref_stats=FILE`` gives one judge its own; or a (mu, sigma) ``.npz`` of another tool,
+read under the ``--protocol`` you name) or ``--real DIR`` (computed and cached here for every FVD-family judge,
+each under its own protocol and cache key). Paired metrics (PSNR, SSIM, LPIPS) compare each video with the
+original of the same name in ``--references DIR`` (default: ``--real``). Captions (``--prompts`` or
+DIR/captions.csv) are read only when a text metric (CLIPSIM) runs; a video without one is left out of the text
+metrics only.
+
+Each judge takes only the options its factory declares. ``--protocol`` (an FVD preset) and an I3D
+``--extractor`` go to the I3D judges (fvd*, kvd); jedi, fvd-videomae and fvmd keep their own protocol and take
+an ``--extractor`` only when it is theirs (e.g. ``vjepa-random-tiny``); ``--metric-option NAME:KEY=VALUE`` sets
+any declared option of one judge (``jedi:extractor=vjepa-random-tiny``, ``fvmd:size=128``). A flag that does
+not apply to a judge (``--bootstrap`` for jedi) is named in one line and ignored. FVMD resizes frames to a
+256-px short side (``size``; PIPs++ needs >= 128 px, smaller sizes are refused), so small videos work.
 
 Any sample count works: a run at the protocol's counts is labelled ``conformant``; other counts are refused
 unless ``--non-strict`` (then every printed line, row and ``cmdbench table`` says ``not conformant (N real
-/ M fake)``); fewer clips than feature dimensions need ``--allow-singular``. Every printed line names the
-protocol, the extractor or model with its weights checksum, the real and generated counts, the frames and
-frame sizes, and labels random stand-in weights. Offline stand-ins: ``--extractor i3d-random-tiny``
-(FVD) and ``--clip-weights clip-random-tiny`` (CLIPSIM); their values mean nothing.
+/ M fake)``); Frechet judges with no more clips than feature dimensions need ``--allow-singular``. Every
+printed line names the protocol, the extractor or model with its weights checksum, the real and generated
+counts, the frames and frame sizes, and labels random stand-in weights. Offline stand-ins: ``--stand-ins``
+gives every judge its random-weight stand-in (``i3d-random-tiny``, ``vjepa-random-tiny``,
+``videomae-random-tiny``, ``pips-random-tiny`` with a 5x5 grid, 4 iterations, 128 px; CLIPSIM
+``clip-random-tiny``); their values mean nothing, and every row and line says RANDOM WEIGHTS.
 
 Each metric fails alone (the others are computed and written; the failure is printed and kept in the
 run's ``.json``; exit status 1). ``--run-id ID`` of an earlier run resumes it: metrics already recorded
@@ -38,7 +50,7 @@ from typing import Any
 
 from cmdbench.commands.eval_sources import PAIRED, TEXT, Batch, FolderSource, folder_identity, source_sizes
 from cmdbench.commands.progress import add_progress_argument, progress_bar, progress_enabled
-from cmdbench.commands.ref_stats import add_protocol_arguments, compute_reference
+from cmdbench.commands.ref_stats import add_protocol_arguments, compute_reference, parse_metric_options
 
 # == cmdbench.video.PIX_FMT_MULTIPLE's keys (tests/commands/test_cli_startup.py checks it)
 PIX_FMTS = ("yuv420p", "yuv422p", "yuv444p")
@@ -76,13 +88,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--codec-pix-fmt", default="yuv420p", choices=PIX_FMTS,
                         help="--through-codec: pixel format (sample writes yuv420p)")
     parser.add_argument("--metric", dest="metrics", action="append", required=True,
-                        help="metric name, repeatable (fvd2048_16f, fvd-videogpt, clipsim, psnr, ssim, lpips, ...)")
+                        help="metric name, repeatable (fvd2048_16f, fvd-videogpt, kvd, jedi, fvd-videomae, fvmd, "
+                             "clipsim, psnr, ssim, lpips, motion-farneback, ...; `cmdbench list`)")
     add_protocol_arguments(parser, metric_option=False)
     ref = parser.add_mutually_exclusive_group()
     ref.add_argument("--ref-stats", help="real statistics: a .npz from `cmdbench ref-stats` (its protocol and extractor "
-                                         "are used) or another tool's (mu, sigma) .npz (name its --protocol)")
-    ref.add_argument("--real", help="folder of real videos (FVD statistics computed and cached; also the originals of "
-                                    "the paired metrics)")
+                                         "are used), for the judges of its protocol (I3D presets: fvd*, kvd; or jedi, "
+                                         "fvd-videomae, fvmd); or another tool's (mu, sigma) .npz (name its --protocol). "
+                                         "Per judge: --metric-option NAME:ref_stats=FILE")
+    ref.add_argument("--real", help="folder of real videos (statistics of every FVD-family judge computed and cached, "
+                                    "each under its own protocol; also the originals of the paired metrics)")
     parser.add_argument("--num-real", type=int, default=None,
                         help="--real: real clips, one per video (default: the metric's, e.g. 2048; 0 = all videos)")
     parser.add_argument("--references", default=None,
@@ -102,10 +117,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="--videos: unreadable or stray files (e.g. notes.txt) stop the run (strict) or are "
                              "skipped, each named with its reason on screen and in the run record (skip)")
     parser.add_argument("--non-strict", action="store_true",
-                        help="compute FVD at other sample counts than the protocol's (marked 'not conformant')")
+                        help="compute FVD-family judges at other sample counts than the protocol's (marked 'not "
+                             "conformant')")
     parser.add_argument("--allow-singular", action="store_true",
-                        help="compute FVD with as few clips as feature dimensions (400) or fewer on a side")
-    parser.add_argument("--bootstrap", type=int, default=0, help="FVD bootstrap rounds for a std (0: none)")
+                        help="compute Frechet judges (fvd*, fvd-videomae, fvmd) with as few clips as feature "
+                             "dimensions or fewer on a side (I3D 400, VideoMAE-v2 1408, FVMD 1024); jedi and kvd fit "
+                             "no covariance and need no such flag")
+    parser.add_argument("--bootstrap", type=int, default=0,
+                        help="bootstrap rounds for a std of the Frechet judges that take it (fvd*, fvd-videomae; "
+                             "0: none); kvd reports its subset std")
     parser.add_argument("--notes", default="")
     add_progress_argument(parser)
     from cmdbench.bench.sample_curves import add_curve_arguments  # --curve (sample-size curves)
@@ -119,6 +139,12 @@ EPILOG = """examples:
   # two folders, offline stand-ins (random weights: the numbers only show that everything runs)
   cmdbench evaluate --real real/ --videos fake/ --metric fvd2048_16f --metric clipsim --metric psnr \\
       --extractor i3d-random-tiny --clip-weights clip-random-tiny --non-strict --allow-singular --records runs/
+  # the judges beyond FVD, offline (every judge its random-weight stand-in)
+  cmdbench evaluate --real real/ --videos fake/ --metric jedi --metric kvd --metric fvd-videomae \\
+      --metric fvmd --stand-ins --non-strict --allow-singular --records runs/
+  # JEDi against precomputed statistics (real weights: cmdbench weights fetch vjepa_vith16 vjepa_vith16_ssv2_probe)
+  cmdbench ref-stats --videos real/ --metric jedi --out jedi_real.npz
+  cmdbench evaluate --videos fake/ --metric jedi --ref-stats jedi_real.npz --records runs/
   # the paper's protocol with real weights (cmdbench weights fetch i3d_pretrained_400 clip_vit_b32)
   cmdbench ref-stats --videos ucf_real/ --out real.npz
   cmdbench evaluate --videos samples/ --name cmd-ucf --metric fvd2048_16f --ref-stats real.npz --records runs/
@@ -165,114 +191,185 @@ def protocol_from_metadata(meta: dict[str, Any]) -> Any:
     return EvalProtocol(**fields)
 
 
-def build_fvd(name: str, factory: Any, args: argparse.Namespace, reference: Any) -> Any:
-    """The FVD metric under the ``--ref-stats`` file's protocol and extractor (unless overridden), its
-    reference attached; a mismatch names the differing fields and the flag behind each."""
-    from cmdbench.metrics.fvd import get_protocol
+def reference_fits(kind: str, reference: Any) -> bool:
+    """Whether statistics (loaded from ``--ref-stats``) belong to judges of ``kind``: the kind of the protocol
+    they record; a (mu, sigma) file without metadata fits any (it is read under the judge's protocol)."""
+    from cmdbench.commands.ref_stats import protocol_kind
 
+    file_protocol = protocol_from_metadata(reference.metadata)
+    return file_protocol is None or protocol_kind(file_protocol.name) == kind
+
+
+def metric_reference(name: str, kind: str, opts: Any, args: argparse.Namespace) -> tuple[Any, str | None]:
+    """``(statistics, the flag that gave them)`` for an FVD-family judge: its own ``--metric-option
+    NAME:ref_stats=FILE``, else ``--ref-stats FILE`` when that file's protocol is of this judge's kind, else
+    ``(None, None)`` (``--real`` computes them). A ``--ref-stats`` of another judge's protocol, with no
+    ``--real``, fails this judge alone, naming what to pass."""
+    from cmdbench.commands.ref_stats import KIND_FEATURES, protocol_kind
+
+    for key in ("ref_stats", "reference"):
+        if key in opts.values:
+            path = opts.values.pop(key)
+            opts.sources.pop(key, None)
+            return load_reference_file(path), f"--metric-option {name}:{key}={path}"
+    if not args.ref_stats:
+        return None, None
+    reference = load_reference_file(args.ref_stats)
+    if reference_fits(kind, reference):
+        return reference, f"--ref-stats {args.ref_stats}"
+    theirs = protocol_from_metadata(reference.metadata).name
+    raise MetricFailure(
+        f"--ref-stats {args.ref_stats} holds statistics of protocol {theirs!r} ({KIND_FEATURES[protocol_kind(theirs)]} features), "
+        f"not {name}'s ({KIND_FEATURES[kind]}); pass {name}'s own with --metric-option {name}:ref_stats=FILE (from `cmdbench ref-stats "
+        f"--metric {name}`), or --real DIR instead of --ref-stats")
+
+
+def build_fvd(name: str, factory: Any, args: argparse.Namespace, opts: Any) -> Any:
+    """An FVD-family judge (FVD, KVD, JEDi, content-debiased FVD, FVMD, plugins) under its reference file's
+    protocol and extractor (unless a flag names others), the reference attached; a mismatch names the
+    differing fields and the flag behind each. Only the options the factory declares are passed."""
+    from cmdbench.commands.ref_stats import judge_kind
+
+    kind = judge_kind(factory)
+    reference, ref_flag = metric_reference(name, kind, opts, args)
+    values = dict(opts.values)
     file_protocol = protocol_from_metadata(reference.metadata) if reference is not None else None
     if file_protocol is not None:
-        preset = args.protocol or file_protocol
-        extractor = args.extractor or reference.metadata.get("extractor") or file_protocol.extractor
-    else:
-        if reference is not None and not args.protocol:
-            raise MetricFailure(f"--ref-stats {args.ref_stats} holds (mu, sigma) without metadata (another tool's "
-                                "file): name the protocol its features were computed under with --protocol PRESET "
-                                "(and --extractor when it is not the preset's)")
-        preset = args.protocol  # None: the metric's own preset (fvd-<preset>) or the default
-        extractor = args.extractor
-    options = {} if preset is None else {"protocol": preset if isinstance(preset, str) else get_protocol(preset)}
-    metric = factory(**options, extractor=extractor, extractor_path=args.extractor_path, device=args.device,
-                     batch_size=args.batch_size, strict=not args.non_strict, bootstrap_rounds=args.bootstrap,
-                     allow_singular=args.allow_singular)
-    if reference is None:
-        return metric
+        if not opts.explicit("protocol"):
+            protocol = file_protocol
+            if kind != "i3d":  # counts stay the judge's own (as the fvd* names fix theirs), features the file's
+                own = own_protocol(kind)
+                protocol = replace(file_protocol, num_real=own.num_real, num_fake=own.num_fake)
+            values["protocol"] = protocol
+        if not opts.explicit("extractor"):
+            values["extractor"] = reference.metadata.get("extractor") or file_protocol.extractor
+        if kind == "fvmd" and not opts.explicit("size"):
+            values["size"] = file_protocol.size
+    elif reference is not None and kind == "i3d" and not opts.explicit("protocol"):
+        raise MetricFailure(f"{ref_flag} holds (mu, sigma) without metadata (another tool's file): name the protocol "
+                            "its features were computed under with --protocol PRESET (and --extractor when it is "
+                            "not the preset's)")
+    metric = factory(**values)
+    if reference is not None:
+        attach_reference(name, metric, reference, file_protocol, opts, ref_flag, args)
+    return metric
+
+
+def own_protocol(kind: str) -> Any:
+    """The fixed protocol of a judge kind with its own features (jedi, videomae, fvmd)."""
+    from cmdbench.metrics import fvmd, jedi, videomae
+
+    return {"jedi": jedi.PROTOCOL, "videomae": videomae.PROTOCOL, "fvmd": fvmd.PROTOCOL}[kind]
+
+
+def attach_reference(name: str, metric: Any, reference: Any, file_protocol: Any, opts: Any, ref_flag: str,
+                     args: argparse.Namespace) -> None:
+    """Check statistics against the judge (protocol, extractor, counts) and attach them."""
     if file_protocol is not None:
-        check_reference_matches(reference, file_protocol, metric, args)
+        check_reference_matches(reference, file_protocol, metric, opts.sources, ref_flag)
     else:  # a peer's (mu, sigma): its features are taken to be the named protocol's, as the user says
         from cmdbench.metrics.reference import stats_metadata
 
         reference.metadata = stats_metadata(
             metric.protocol, metric.extractor.checksum, kind="real", numerics=metric.numerics,
-            extractor=metric.extractor.name, imported_from=str(args.ref_stats),
-            imported_as=f"(mu, sigma) of another tool, read under --protocol {args.protocol}",
+            extractor=metric.extractor.name, imported_from=ref_flag,
+            imported_as=f"(mu, sigma) of another tool, read under protocol {metric.protocol.name}",
             n="unknown" if reference.n is None else reference.n)
     if reference.n is None and not args.non_strict:
-        raise MetricFailure(f"--ref-stats {args.ref_stats} records no real-clip count, so the run cannot be shown "
-                            f"conformant to {name}; pass --non-strict (marked 'not conformant (unknown real / ...)')")
-    check_strict_real_count(metric, reference.n, f"--ref-stats {args.ref_stats}")
+        raise MetricFailure(f"{ref_flag} records no real-clip count, so the run cannot be shown conformant to "
+                            f"{name}; pass --non-strict (marked 'not conformant (unknown real / ...)')")
+    check_strict_real_count(metric, reference.n, ref_flag)
     metric.set_reference(reference)
-    return metric
 
 
-def check_reference_matches(reference: Any, file_protocol: Any, metric: Any, args: argparse.Namespace) -> None:
+def check_reference_matches(reference: Any, file_protocol: Any, metric: Any, sources: dict[str, str],
+                            ref_flag: str) -> None:
     """Refuse statistics whose features differ from this run's, naming each differing field and the flag that
     asked for it (never 'protocol X differs from X')."""
     from cmdbench.metrics.reference import FEATURE_FIELDS, ProtocolMismatchError
 
     ours = metric.protocol
-    flag = {"extractor": "--extractor", "num_frames": "--metric", "frame_stride": "--metric"}
+    fixed = {"num_frames": "--metric", "frame_stride": "--metric"}
     diffs = []
     for k in FEATURE_FIELDS:
         theirs, mine = getattr(file_protocol, k), getattr(ours, k)
         if k == "extractor":
             theirs = reference.metadata.get("extractor") or theirs
         if (list(theirs) if isinstance(theirs, tuple) else theirs) != (list(mine) if isinstance(mine, tuple) else mine):
-            why = flag.get(k, "--protocol")
+            why = sources.get(k) or fixed.get(k) or sources.get("protocol") or "--protocol"
             diffs.append(f"{k}: {theirs!r} in the file, {mine!r} here (from {why})")
     checksum = reference.metadata.get("extractor_checksum")
     if not diffs and checksum and checksum != metric.extractor.checksum:
         diffs.append(f"extractor weights: sha256 {checksum[:12]} in the file, {metric.extractor.checksum[:12]} here "
-                     "(from --extractor-path or the weights cache)")
+                     "(from --extractor-path, the weights cache, or the judge's feature options: give the "
+                     "--stand-ins / --metric-option the statistics were built with)")
     if diffs:
         raise ProtocolMismatchError(
-            f"--ref-stats {args.ref_stats} was built under preset {file_protocol.name!r} with extractor "
+            f"{ref_flag} was built under preset {file_protocol.name!r} with extractor "
             f"{reference.metadata.get('extractor') or file_protocol.extractor!r}; {metric.name} here differs in "
             f"{'; '.join(diffs)}. Leave out the overriding flags to use the file's settings, or rebuild the "
             "statistics with `cmdbench ref-stats` under these")
 
 
-def build_metric(name: str, args: argparse.Namespace, reference: Any) -> Any:
+def build_metric(name: str, args: argparse.Namespace) -> Any:
+    """A metric from the registry with the options its factory declares (:func:`judge_options`); FVD-family
+    judges through :func:`build_fvd` (reference, protocol and extractor from the statistics file)."""
     import cmdbench.metrics.catalog  # noqa: F401  (built-in metrics, without importing every generator)
+    from cmdbench.commands.ref_stats import is_fvd_family, judge_options
+    from cmdbench.metrics.clipsim import CLIPSIM
     from cmdbench.registry import METRICS, load_plugins
 
     if name not in METRICS:
         load_plugins()  # third-party and reconstruction metrics; raises with close matches when still unknown
     factory = METRICS.get(name)
-    if name.startswith("fvd"):
-        return build_fvd(name, factory, args, reference)
-    if name == "clipsim":
-        return factory(args.clip_weights, device=args.device)
-    return factory(device=args.device)
+    opts = judge_options(name, factory, args, getattr(args, "metric_option_map", None))
+    for line in opts.notes:
+        print(line)
+    if is_fvd_family(factory):
+        return build_fvd(name, factory, args, opts)
+    if factory is CLIPSIM:
+        weights = opts.values.pop("weights", None) or args.clip_weights or (CLIP_STANDIN if args.stand_ins else None)
+        return factory(weights, **opts.values)
+    metric = factory(**opts.values)
+    if is_fvd(metric) and args.ref_stats:  # an FVD built by a factory that declares no options
+        reference = load_reference_file(args.ref_stats)
+        attach_reference(name, metric, reference, protocol_from_metadata(reference.metadata), opts,
+                         f"--ref-stats {args.ref_stats}", args)
+    return metric
 
 
-def check_fvd_counts(metric: Any, args: argparse.Namespace) -> None:
-    """Small-N, singular and non-conformant FVD stopped with the side and the flag to change (the
-    library's own errors name Python arguments)."""
+def check_fvd_counts(name: str, metric: Any, args: argparse.Namespace) -> None:
+    """Small-N, singular and non-conformant FVD-family values stopped with the side and the flag to change
+    (the library's own errors name Python arguments). Judges that fit no covariance (JEDi, KVD:
+    ``uses_covariance = False``) skip the singular check."""
     from cmdbench.metrics.frechet import InsufficientSamplesError
 
     real, fake, p = metric.reference, metric.fake, metric.protocol
     if real is None:
-        raise MetricFailure(f"{metric.name}: no real statistics (pass --ref-stats FILE or --real DIR)")
+        raise MetricFailure(f"{name}: no real statistics (pass --ref-stats FILE or --real DIR)")
     real_flag = f"--ref-stats {args.ref_stats}" if args.ref_stats else f"--real {args.real}"
     fake_flag = f"--videos {args.videos}" if args.videos else f"--generator {args.generator} --seeds {args.seeds}"
     sides = (("real", real.n, real_flag), ("generated", fake.n, fake_flag))
+    covariance = getattr(metric, "uses_covariance", True)
     for side, n, flag in sides:
         if n is not None and n < 2:
-            raise InsufficientSamplesError(f"{metric.name}: the {side} side has {n} clip(s) ({flag}); a covariance "
-                                           "needs at least 2: give more videos")
+            need = "a covariance needs" if covariance else "the estimate needs"
+            raise InsufficientSamplesError(f"{name}: the {side} side has {n} clip(s) ({flag}); {need} at least 2: "
+                                           "give more videos")
     if not conformance(metric)[0] and not args.non_strict:
         raise InsufficientSamplesError(
-            f"{metric.name} under {p.name!r} takes {p.num_real or 'every'} real and {p.num_fake} generated clips; "
-            f"got {fmt_n(real.n)} real ({real_flag}) and {fake.n} generated ({fake_flag}). FVD depends on the "
+            f"{name} under {p.name!r} takes {p.num_real or 'every'} real and {p.num_fake} generated clips; "
+            f"got {fmt_n(real.n)} real ({real_flag}) and {fake.n} generated ({fake_flag}). Its value depends on the "
             "sample count, so other counts are not comparable with published values: pass --non-strict to compute "
             f"it anyway (marked 'not conformant ({fmt_n(real.n)} real / {fake.n} fake)'), or give the protocol's counts"
         )
+    if not covariance:
+        return
     dim = metric.extractor.dim
     small = [f"the {side} side has {n} clips ({flag})" for side, n, flag in sides if n is not None and n <= dim]
     if small and not args.allow_singular:
         raise InsufficientSamplesError(
-            f"{metric.name}: {' and '.join(small)}, not more than the feature dimension {dim}: the covariance is "
+            f"{name}: {' and '.join(small)}, not more than the feature dimension {dim}: the covariance is "
             f"singular and the distance unreliable. Use more than {dim} clips per side, or pass --allow-singular to "
             "compute it anyway (recorded)"
         )
@@ -387,17 +484,18 @@ def run(args: argparse.Namespace) -> int:
     done = set(writer.existing()["metric"].astype(str)) if writer.csv_path.exists() else set()
     failures: dict[str, str] = {}
     wanted = [m for m in dict.fromkeys(args.metrics)]
+    args.metric_option_map = parse_metric_options(args, wanted)
     for name in [m for m in wanted if m in done]:
         print(f"{name}: already recorded in run {run_id} ({writer.csv_path}); not computed again")
     todo = [m for m in wanted if m not in done]
     if not todo:
         return 0
-    reference = load_reference_file(args.ref_stats) if args.ref_stats and any(m.startswith("fvd") for m in todo) \
-        else None
+    if args.ref_stats:
+        load_reference_file(args.ref_stats)  # an unreadable file stops the run here; each judge loads its copy
     metrics: dict[str, Any] = {}
     for name in todo:
         try:
-            metrics[name] = build_metric(name, args, reference)
+            metrics[name] = build_metric(name, args)
         except Exception as err:
             fail(name, err, failures)
     real_info = attach_real(metrics, args, failures) if metrics else {}
@@ -504,8 +602,9 @@ def fail(name: str, err: BaseException, failures: dict[str, str], metrics: dict[
 
 
 def attach_real(metrics: dict[str, Any], args: argparse.Namespace, failures: dict[str, str]) -> dict[str, Any]:
-    """Real statistics for FVD metrics from ``--real`` (``--ref-stats`` is attached when building); returns
-    what the printed lines say about the real side (counts, sizes, clip choice)."""
+    """Real statistics of every FVD-family judge from ``--real``, each under its own protocol, extractor and
+    cache key (``--ref-stats`` is attached when building); returns what the printed lines say about the real
+    side (counts, sizes, clip choice)."""
     from cmdbench.metrics.reference import ReferenceCache
 
     info: dict[str, Any] = {"sizes": None, "source": args.ref_stats or args.real, "note": None}
@@ -513,8 +612,9 @@ def attach_real(metrics: dict[str, Any], args: argparse.Namespace, failures: dic
         if not is_fvd(metric) or metric.reference is not None:
             continue
         if not args.real:
-            fail(name, MetricFailure(f"{name} needs real statistics: pass --ref-stats FILE or --real DIR"), failures,
-                 metrics)
+            fail(name, MetricFailure(f"{name} needs real statistics: pass --ref-stats FILE or --real DIR (FILE from "
+                                     f"`cmdbench ref-stats --metric {name}`; for this judge alone: --metric-option "
+                                     f"{name}:ref_stats=FILE)"), failures, metrics)
             continue
         # --num-real plans the real clips; the metric keeps its protocol's count, so conformance is judged by it
         protocol = metric.protocol if args.num_real is None else replace(metric.protocol, num_real=args.num_real)
@@ -532,8 +632,11 @@ def attach_real(metrics: dict[str, Any], args: argparse.Namespace, failures: dic
         info["clips"] = f"one seeded window per video (clip_seed {used.clip_seed}, {used.real_order} order)"
         if info["sizes"] is None:
             info["sizes"] = real_sizes(args.real, result)
-        for s in result.skipped:
-            print(f"skipped real {s['source']}: {s['reason']} [{s['stage']}]")
+        for s in result.skipped:  # once, whichever judges planned the same videos
+            line = f"skipped real {s['source']}: {s['reason']} [{s['stage']}]"
+            if line not in info.setdefault("skip_lines", []):
+                info["skip_lines"].append(line)
+                print(line)
     if info["note"]:
         print(f"note: {info['note']}")
     if args.real and args.videos and Path(args.real).resolve() == Path(args.videos).resolve():
@@ -656,7 +759,7 @@ class Scoring:
             metric.storage = storage
             try:
                 if is_fvd(metric):
-                    check_fvd_counts(metric, self.args)
+                    check_fvd_counts(name, metric, self.args)
                 mv = metric.compute()
             except Exception as err:
                 fail(name, err, self.failures, self.metrics)
