@@ -7,7 +7,8 @@ The sampling path every text-conditional latent baseline shares (ModelScope, LVD
 2. per-sample initial noise ``(B, 4, T, H/8, W/8)`` from one CPU generator per sample
    (:func:`cmdbench.seeding.randn_per_sample`), so a sample never depends on its batch;
 3. DDIM (eta = 0 by default; with eta > 0 the per-step noise is drawn per sample too) with classifier-free guidance ``eps = eps_u + s (eps_c - eps_u)`` (Ho & Salimans 2022);
-4. per-frame VAE decoding of ``z / scaling_factor``, one sample at a time, then uint8 ``(B, T, 3, H, W)``.
+4. per-frame VAE decoding of ``z / scaling_factor``, one sample at a time in equal calls of
+   :func:`decode_chunk` frames (at most :data:`DECODE_FRAMES_PER_CALL`), then uint8 ``(B, T, 3, H, W)``.
 
 Subclasses supply the denoiser call (:meth:`predict_noise`), its cost inputs (:meth:`denoiser_inputs`)
 and the settings they cannot take (:meth:`check_frames`).
@@ -38,6 +39,7 @@ from cmdbench.video import float_to_uint8
 
 VAE_SCALE = 8  # SD VAE: 3 downsamplings, f = 8
 LATENT_CHANNELS = 4
+DECODE_FRAMES_PER_CALL = 8  # most frames of one sample per SD VAE decode call (bounds the decoder's activations)
 END_TOKEN = 49407  # CLIP BPE <|endoftext|>
 
 # The published SD VAE (ModelScope / SD 1.5 / SD 2.1-base `vae/config.json`, baselines.md §2.1).
@@ -311,20 +313,30 @@ class TextToVideoLatentGenerator(CheckedSampler):
             video = self.decode(latents)  # (B, T, 3, H, W) in [-1, 1]
         return float_to_uint8(video.clamp(-1.0, 1.0).cpu(), value_range=(-1.0, 1.0))
 
-    def decode(self, latents: torch.Tensor, frames_per_call: int = 8) -> torch.Tensor:
-        """``(B, 4, T, h, w)`` latents -> float32 ``(B, T, 3, 8h, 8w)``; per sample, ``frames_per_call`` frames."""
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """``(B, 4, T, h, w)`` latents -> float32 ``(B, T, 3, 8h, 8w)``; per sample, calls of
+        :func:`decode_chunk` ``(T)`` frames (the call :meth:`cost_stages` describes)."""
         scale = self.vae.config.scaling_factor
+        chunk = decode_chunk(latents.shape[2])
         videos = []
         for z in latents:  # (4, T, h, w)
             frames = (z.permute(1, 0, 2, 3) / scale).to(self.dtype)  # (T, 4, h, w)
-            chunks = [self.vae.decode(c).sample.float() for c in frames.split(frames_per_call)]
+            chunks = [self.vae.decode(c).sample.float() for c in frames.split(chunk)]  # each (chunk, 3, H, W)
             videos.append(torch.cat(chunks))  # (T, 3, H, W)
         return torch.stack(videos)
 
     # --- cost description ------------------------------------------------------------------------------
 
     def cost_stages(self, *, num_frames: int, height: int, width: int, steps: int) -> list[CostStage]:
-        """Text encoder (once, x2 with guidance), denoiser (``steps`` calls, x2 with guidance), VAE decoder."""
+        """Text encoder (once, x2 with guidance), denoiser (``steps`` calls, x2 with guidance), VAE decoder.
+
+        The VAE decoder stage is one real decode call, :func:`decode_chunk` frames per video, run
+        ``T / chunk`` times per video (FLOPs: calls x per-call, the same total as all ``T`` frames at once;
+        memory: one call's activations, not a whole video's). At batch ``b`` the call is described as
+        ``b x chunk`` frames (the convention every stage follows: make_inputs(b) is one call at batch b);
+        :meth:`decode` runs the samples one after another, so the description is exact at batch 1 and an
+        upper bound of the decoder's activations above it.
+        """
         self.check_settings(num_frames, height, width, steps, None)
         device = next(self.denoiser.parameters()).device
         dtype = next(self.denoiser.parameters()).dtype
@@ -336,15 +348,17 @@ class TextToVideoLatentGenerator(CheckedSampler):
             ids = torch.zeros(batch, self.text_length, dtype=torch.long, device=device)
             return {"input_ids": ids}
 
-        def vae_inputs(batch: int) -> dict[str, Any]:
-            return {"z": torch.zeros(batch * num_frames, LATENT_CHANNELS, h, w, device=device, dtype=dtype)}
+        chunk = decode_chunk(num_frames)
+
+        def vae_inputs(batch: int) -> dict[str, Any]:  # one decode call: `chunk` frames of each video
+            return {"z": torch.zeros(batch * chunk, LATENT_CHANNELS, h, w, device=device, dtype=dtype)}
 
         return [
             CostStage("text_encoder", self.text_encoder, text_inputs, calls=1, guidance_passes=passes,
                       paper_convention=False),
             CostStage("denoiser", self.denoiser, lambda b: self.denoiser_inputs(b, num_frames, h, w),
                       calls=steps, guidance_passes=passes),
-            CostStage("vae_decoder", self.vae, vae_inputs, calls=1, paper_convention=False,
+            CostStage("vae_decoder", self.vae, vae_inputs, calls=num_frames // chunk, paper_convention=False,
                       forward=lambda module, **kw: module.decode(**kw).sample),
         ]
 
@@ -363,6 +377,18 @@ class TextToVideoLatentGenerator(CheckedSampler):
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path / "tokenizer")
         return path
+
+
+def decode_chunk(num_frames: int, most: int = DECODE_FRAMES_PER_CALL) -> int:
+    """Frames of one sample per VAE decode call: the largest divisor of ``num_frames`` not above ``most``.
+
+    Equal calls make the cost description exact: ``num_frames // chunk`` calls of ``chunk`` frames each
+    (16 frames -> 2 calls of 8; 12 -> 2 of 6; 11 -> 11 of 1). The SD VAE decodes every frame on its own
+    (2-D convolutions, group norms per frame), so the chunking changes no value, only the batching.
+    """
+    if num_frames < 1 or most < 1:
+        raise ValueError(f"decode_chunk: num_frames={num_frames}, most={most}; both must be positive")
+    return next(c for c in range(min(most, num_frames), 0, -1) if num_frames % c == 0)
 
 
 def init_kwargs(cls: type, config: dict[str, Any]) -> dict[str, Any]:

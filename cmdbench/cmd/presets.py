@@ -274,6 +274,9 @@ def build_pipeline(
     on_meta = torch.device(device).type == "meta"
 
     cast = None if dtype == torch.float32 else dtype  # casting to float32 only makes diffusers warn
+    # On the meta device every network is built first and cast at the end (_cast_meta): free, as nothing
+    # is allocated, and without the SD builders' ModelMixin.to(dtype) and its diffusers-0.42 warning.
+    sd_cast = None if on_meta else cast
 
     def make(factory):
         if on_meta:
@@ -287,10 +290,11 @@ def build_pipeline(
     text_dim = None
     version = preset.sd_version or "1.5"
     if preset.conditioning == "text":
-        text_encoder = build_text_encoder(version, sd_checkpoint, device=device, dtype=cast, tiny=preset.tiny_text)
+        text_encoder = build_text_encoder(version, sd_checkpoint, device=device, dtype=sd_cast,
+                                          tiny=preset.tiny_text)
         text_dim = int(text_encoder.config.hidden_size)
     if preset.latent_mode:
-        vae = build_vae(preset.sd_version, sd_checkpoint, device=device, dtype=cast, tiny=preset.tiny_text)
+        vae = build_vae(preset.sd_version, sd_checkpoint, device=device, dtype=sd_cast, tiny=preset.tiny_text)
 
     content_hw = ae_spec.sample_size
     if preset.content.kind == "unet":
@@ -307,7 +311,7 @@ def build_pipeline(
             content_model = make(lambda: UNet2DConditionModel.from_config(config))
     elif preset.content.kind == "dit":
         content_model = build_content_dit(
-            preset.content.dit_size, preset.num_classes, device=device, dtype=cast, tiny=preset.content.tiny,
+            preset.content.dit_size, preset.num_classes, device=device, dtype=sd_cast, tiny=preset.content.tiny,
             in_channels=ae_spec.in_channels,
             sample_size=content_hw[0] if content_hw[0] == content_hw[1] else list(content_hw),
         )
@@ -322,6 +326,10 @@ def build_pipeline(
         "num_classes": preset.num_classes, "text_embed_dim": text_dim, "learn_sigma": False,
     }
     motion_model = make(lambda: MotionDiT(**motion_kwargs))
+    if on_meta and cast is not None:
+        autoencoder, content_model, motion_model = (_cast_meta(m, cast) for m in (autoencoder, content_model,
+                                                                                  motion_model))
+        text_encoder, vae = (None if m is None else _cast_meta(m, cast) for m in (text_encoder, vae))
     pipe = CMDPipeline(
         autoencoder=autoencoder.eval(),
         content_model=content_model.eval(),
@@ -334,6 +342,19 @@ def build_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _cast_meta(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` (on the meta device) with every floating parameter and buffer in ``dtype``.
+
+    torch's own ``Module.to``: diffusers' ``ModelMixin.to`` (0.42) logs "There are modules in X that should
+    be kept in float32: []" on every dtype cast, also when the class keeps none (its check reads
+    ``(self._keep_in_fp32_modules or []) is not None``). A class that does keep modules in float32 goes
+    through its own ``to`` and keeps its warning.
+    """
+    if getattr(model, "_keep_in_fp32_modules", None):
+        return model.to(dtype=dtype)
+    return torch.nn.Module.to(model, dtype=dtype)
 
 
 def _sd_tokenizer(sd_checkpoint: str):
@@ -499,6 +520,10 @@ class CMDGenerator:
         ``decoder`` is CMD's own autoencoder decoder, counted in the paper convention: Table 9 excludes
         only the *SD* decoder, and its 50- vs 100-step totals (46.8 / 92.1 TFLOPs) leave a fixed ~1.5
         TMAC that matches this decoder (cmd-paper.md §7). Text encoder and SD VAE decoder are excluded.
+
+        ``vae_decoder`` describes the call :meth:`CMDPipeline.decode` really makes: frame ``i`` of every
+        video, ``(b, 4, h, w)`` latents, ``num_frames`` calls (same FLOP total as one call on every frame;
+        memory of one frame's decode, not of the whole clip's).
         """
         self.check_setting(num_frames, height, width)
         pipe = self.pipeline
@@ -550,10 +575,10 @@ class CMDGenerator:
         ))
         if pipe.vae is not None:
             vae = pipe.vae
-            stages.append(CostStage(
+            stages.append(CostStage(  # CMDPipeline.decode: one frame of every video per call, num_frames calls
                 "vae_decoder", vae,
-                lambda b: {"latents": torch.zeros(b * num_frames, *content_shape, **where(vae))},
-                calls=1, guidance_passes=1, paper_convention=False, forward=_vae_decode,
+                lambda b: {"latents": torch.zeros(b, *content_shape, **where(vae))},
+                calls=num_frames, guidance_passes=1, paper_convention=False, forward=_vae_decode,
             ))
         return stages
 

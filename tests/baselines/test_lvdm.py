@@ -111,6 +111,17 @@ def test_meta_forward_shape_and_paper_macs_at_512x1024x16(full_meta, checks):
     assert fc.paper_macs * 50 / 1e12 == pytest.approx(625.6, rel=1e-3)
 
 
+def test_total_flops_unchanged_by_the_per_call_vae_decoder_stage(full_meta):
+    from cmdbench.metrics.efficiency import count_generator_cost
+
+    cost = count_generator_cost(full_meta, 16, 512, 1024, 50)
+    vae = next(s for s in cost.stages if s.stage == "vae_decoder")
+    assert vae.calls == 2  # two decode calls of 8 frames per video (baselines._common.text_video.decode_chunk)
+    # `cmdbench efficiency --count-only --json` with the whole-clip stage: 3376.1 true TFLOPs, 625.6 paper TMAC
+    assert cost.true_tflops == pytest.approx(3376.1062094192644, rel=1e-9)
+    assert cost.paper_tmacs == pytest.approx(625.613815808, rel=1e-9)
+
+
 def test_unsupported_size(tiny, checks):
     with pytest.raises(UnsupportedSettingError, match="multiple of 16"):
         checks.sample_at_defaults(tiny, [0], width=40)

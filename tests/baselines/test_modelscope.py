@@ -40,6 +40,45 @@ def test_published_parameter_counts(full_meta, checks):
     assert checks.millions(full_meta.vae) == pytest.approx(83.65, abs=0.01)
 
 
+def test_vae_decoder_stage_is_the_decode_call_the_sampler_makes(tiny, full_meta, checks, monkeypatch):
+    from dataclasses import replace
+
+    from baselines._common.text_video import decode_chunk
+    from cmdbench.metrics.efficiency import count_generator_cost, count_stage
+
+    assert [decode_chunk(t) for t in (1, 4, 8, 11, 12, 16, 24)] == [1, 4, 8, 1, 6, 8, 8]
+    # the chunking changes no value: the SD VAE decodes every frame on its own
+    z = torch.randn(12, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = tiny.vae.decode(z).sample
+        chunked = torch.cat([tiny.vae.decode(c).sample for c in z.split(decode_chunk(12))])
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    # every real call of the sampler has the shape the cost stage describes, and there are `calls` per video
+    seen, original = [], tiny.vae.decode
+
+    def decode(latents, *args, **kwargs):
+        seen.append(tuple(latents.shape))
+        return original(latents, *args, **kwargs)
+
+    monkeypatch.setattr(tiny.vae, "decode", decode)
+    assert checks.sample_at_defaults(tiny, [0, 1], num_frames=12).shape[1] == 12
+    stage = next(s for s in tiny.cost_stages(num_frames=12, height=32, width=32, steps=2) if s.name == "vae_decoder")
+    assert seen == [tuple(stage.make_inputs(1)["z"].shape)] * (2 * stage.calls) == [(6, 4, 4, 4)] * 4
+    # full size: one call of 8 frames, twice per video; the FLOPs of the whole clip in one call, unchanged
+    cost = count_generator_cost(full_meta, 16, 512, 1024, 50)
+    vae = next(s for s in cost.stages if s.stage == "vae_decoder")
+    full = next(s for s in full_meta.cost_stages(num_frames=16, height=512, width=1024, steps=50)
+                if s.name == "vae_decoder")
+    assert vae.calls == 2 and tuple(full.make_inputs(1)["z"].shape) == (8, 4, 64, 128)
+    p = next(full_meta.vae.parameters())
+    one_call = replace(full, make_inputs=lambda b: {"z": torch.zeros(16 * b, 4, 64, 128, device=p.device, dtype=p.dtype)},
+                       calls=1)
+    assert vae.macs_per_call * vae.calls == count_stage(one_call).macs
+    # `cmdbench efficiency --count-only --json` before the split: 4632.6 true TFLOPs, 939.0 paper TMAC
+    assert cost.true_tflops == pytest.approx(4632.643389874175, rel=1e-9)
+    assert cost.paper_tmacs == pytest.approx(938.972450816, rel=1e-9)
+
+
 @pytest.mark.slow
 def test_meta_forward_shape_and_paper_macs_at_512x1024x16(full_meta, checks):
     stages = {s.name: s for s in full_meta.cost_stages(num_frames=16, height=512, width=1024, steps=50)}

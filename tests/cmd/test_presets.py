@@ -68,18 +68,95 @@ def test_cost_stages_run_on_meta(meta):
     stages = gen.cost_stages(num_frames=16, height=512, width=1024, steps=50)
     assert [s.name for s in stages] == ["text_encoder", "content", "motion", "decoder", "vae_decoder"]
     assert [s.paper_convention for s in stages] == [False, True, True, True, False]
-    assert [s.calls for s in stages] == [1, 50, 50, 1, 1]
+    assert [s.calls for s in stages] == [1, 50, 50, 1, 16]  # the SD VAE decodes one frame per call
     shapes = {}
     for s in stages:
         out = s.forward(s.module, **s.make_inputs(1)) if s.forward else s.module(**s.make_inputs(1))
         out = out[0] if isinstance(out, tuple) else getattr(out, "sample", getattr(out, "last_hidden_state", out))
         shapes[s.name] = tuple(out.shape)
     assert shapes == {"text_encoder": (1, 77, 1024), "content": (1, 4, 64, 128), "motion": (1, 8, 16, 96),
-                      "decoder": (1, 4, 16, 64, 128), "vae_decoder": (16, 3, 512, 1024)}
+                      "decoder": (1, 4, 16, 64, 128), "vae_decoder": (1, 3, 512, 1024)}
     with pytest.raises(UnsupportedSettingError, match="num_frames=16"):
         gen.cost_stages(num_frames=24, height=512, width=1024, steps=50)
     ucf = meta["cmd-ucf101-64"].cost_stages(num_frames=16, height=64, width=64, steps=50)
     assert [s.name for s in ucf] == ["content", "motion", "decoder"]
+
+
+def _whole_clip_vae_stage(stage, num_frames):
+    """The SD VAE stage as it used to be described: one call on every frame of the clip (the sampler never
+    makes that call)."""
+
+    def inputs(b):
+        p = next(stage.module.parameters())
+        per_call = stage.make_inputs(1)["latents"]  # (1, 4, h, w)
+        return {"latents": torch.zeros(b * num_frames, *per_call.shape[1:], device=p.device, dtype=p.dtype)}
+
+    return replace(stage, make_inputs=inputs, calls=1)
+
+
+def _stage(stages, name):
+    return next(s for s in stages if getattr(s, "name", getattr(s, "stage", None)) == name)
+
+
+def test_vae_decoder_stage_is_the_call_the_pipeline_makes(meta, monkeypatch):
+    # CMDPipeline.decode on the meta pipeline, its SD VAE replaced by a recorder: every real call's input
+    gen = meta["cmd-webvid-512x1024"]
+    pipe = gen.pipeline
+    setting = dict(num_frames=16, height=128, width=256)
+    stage = _stage(gen.cost_stages(**setting, steps=50), "vae_decoder")
+    seen = []
+
+    def decode(latents, return_dict=False):  # CPU pixels back: the meta VAE has no values
+        seen.append(tuple(latents.shape))
+        return (torch.zeros(latents.shape[0], 3, 128, 256),)
+
+    monkeypatch.setattr(pipe.vae, "decode", decode)
+    content_shape, motion_shape = pipe.latent_shapes(**setting)
+    video = pipe.decode(torch.zeros(2, *content_shape, device="meta"), torch.zeros(2, *motion_shape, device="meta"))
+    assert video.shape == (2, 16, 3, 128, 256)
+    assert seen == [tuple(stage.make_inputs(2)["latents"].shape)] * stage.calls == [(2, 4, 16, 32)] * 16
+
+
+def test_vae_decoder_flops_are_unchanged_and_its_memory_is_one_call(meta):
+    from cmdbench.metrics.efficiency import count_generator_cost, count_stage
+    from cmdbench.metrics.memory_prediction import GIB, predict_sampling_memory
+
+    gen = meta["cmd-webvid-512x1024"]
+    setting = dict(num_frames=16, height=512, width=1024, steps=50)
+    cost = count_generator_cost(gen, **setting)
+    # `cmdbench efficiency --count-only --json` with the whole-clip description: the totals must not move
+    assert cost.true_tflops == pytest.approx(319.534919573504, rel=1e-9)
+    assert cost.paper_tmacs == pytest.approx(46.372258807807995, rel=1e-9)  # excludes the SD decoder
+    stage = _stage(gen.cost_stages(**setting), "vae_decoder")
+    vae = _stage(cost.stages, "vae_decoder")
+    assert vae.calls == 16 and vae.macs_per_call * vae.calls == count_stage(_whole_clip_vae_stage(stage, 16)).macs
+
+    class WholeClip:  # the same generator with the whole-clip description, for comparison
+        name = gen.name
+
+        def cost_stages(self, **kw):
+            return [_whole_clip_vae_stage(s, kw["num_frames"]) if s.name == "vae_decoder" else s
+                    for s in gen.cost_stages(**kw)]
+
+    per_frame, whole = (predict_sampling_memory(g, **setting) for g in (gen, WholeClip()))
+    a, b = (_stage(m.stages, "vae_decoder") for m in (per_frame, whole))
+    assert b.activations / a.activations == pytest.approx(16, rel=0.05)  # activations follow frames per call
+    assert whole.stage_peak("vae_decoder") - per_frame.stage_peak("vae_decoder") > 10 * GIB
+    assert per_frame.stage_peak("vae_decoder") < 5 * GIB  # weights (~3.8 GiB) + one frame's decode
+
+
+def test_meta_build_honours_the_dtype_without_diffusers_float32_warning(caplog):
+    for name in ("cmd-ucf101-64", "cmd-webvid-512x1024"):
+        for dtype in (torch.float16, torch.bfloat16):
+            pipe = presets.build_pipeline(presets.PRESETS[name], device="meta", dtype=dtype)
+            for part in ("autoencoder", "content_model", "motion_model", "text_encoder", "vae"):
+                module = getattr(pipe, part)
+                if module is None:
+                    continue
+                tensors = [t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()]
+                assert {t.dtype for t in tensors} == {dtype}, (name, part)
+                assert {t.device.type for t in tensors} == {"meta"}, (name, part)
+    assert "kept in float32" not in caplog.text  # diffusers logs it on ModelMixin.to(dtype)
 
 
 class _CallCounter:
