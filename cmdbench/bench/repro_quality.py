@@ -9,7 +9,8 @@ msrvtt      Table 2. CLIPSIM (ViT-B/32, every frame) of one video per MSR-VTT te
 webvid      Table 3 (cfg 9) and Table 11 (cfg 7, 9, 10, 11): FVD against the first 5,000 validation
             clips and CLIPSIM of videos generated from their 5,000 captions, one pass per scale.
 ablations   Table 4a, reconstruction row: FVD between real UCF-101 clips and their CMD-autoencoder
-            reconstructions (same 2,048 clips).
+            reconstructions (same 2,048 clips), and each reconstruction's PSNR, SSIM and LPIPS against its
+            input clip (mean over frames, then over clips; the paper reports these three for no model).
 =========== ========================================================================================
 
 FVD features and distance follow CMD's released evaluation code by default (``--fvd-preset videogpt``:
@@ -35,6 +36,7 @@ Real runs (inputs, commands, expected time)
 ::
 
     cmdbench weights fetch i3d_pretrained_400 && cmdbench weights fetch clip_vit_b32
+    cmdbench weights fetch torchvision_alexnet_imagenet1k_v1   # LPIPS backbone (ablations)
     # (--fvd-preset stylegan-v needs i3d_torchscript instead of i3d_pretrained_400)
     export CMDBENCH_UCF101_ROOT=/data/UCF101      # UCF-101/<Class>/*.avi + ucfTrainTestlist/
     export CMDBENCH_WEBVID_ROOT=/data/webvid       # results_2M_val.csv + <page_dir>/<videoid>.mp4
@@ -75,6 +77,7 @@ PAPER_FILE = Path(__file__).resolve().parents[2] / "results" / "paper" / "cmd_ar
 UCF_PARTS = ("cond2048", "cond10k", "zeroshot")
 WEBVID_SCALES = (7.0, 9.0, 10.0, 11.0)
 TINY_COUNT = 6  # clips per statistic in --tiny runs (tiny-pool-4 needs more than 4)
+TINY_RECON_SIZE = (32, 32)  # --tiny Table 4a frames: LPIPS' AlexNet needs >= 31x31
 
 
 class MissingInputsError(ValueError):
@@ -175,7 +178,7 @@ def missing_inputs(table: str, args: argparse.Namespace) -> list[str]:
         elif not Path(value).exists() and "/" not in value.strip("./"):
             missing.append(f"checkpoint of {generator}: {value} does not exist ({option} / {env})")
 
-    def need_weights(name: str, option: str, value: str | None) -> None:
+    def need_weights(name: str, option: str | None, value: str | None) -> None:
         from cmdbench import weights
 
         if value:
@@ -183,7 +186,8 @@ def missing_inputs(table: str, args: argparse.Namespace) -> list[str]:
                 missing.append(f"{name} weights: {value} does not exist ({option})")
             return
         if not weights.path(name).is_file():
-            missing.append(f"{name} weights: run `cmdbench weights fetch {name}` or pass {option} FILE")
+            other = f"pass {option} FILE" if option else f"set {weights.override_env_var(name)}=FILE"
+            missing.append(f"{name} weights: run `cmdbench weights fetch {name}` or {other}")
 
     parts = _ucf_parts(args) if table == "ucf101" else ()
     if table in ("ucf101", "ablations"):
@@ -203,6 +207,10 @@ def missing_inputs(table: str, args: argparse.Namespace) -> list[str]:
         need_weights(fvd_extractor, "--i3d-weights", args.i3d_weights)
     if table in ("msrvtt", "webvid"):
         need_weights("clip_vit_b32", "--clip-weights", args.clip_weights)
+    if table == "ablations":  # LPIPS of the reconstructions: torchvision's AlexNet backbone
+        from cmdbench.perceptual import BACKBONE_WEIGHTS
+
+        need_weights(BACKBONE_WEIGHTS["alex"], None, None)
     return missing
 
 
@@ -246,6 +254,22 @@ class Measured:
     guidance_scale: float | None = None
     paper: tuple[float | None, float | None] = (None, None)
     notes: str = ""
+    unit: str | None = None  # None: METRIC_STYLE's
+    higher_is_better: bool | None = None  # None: METRIC_STYLE's
+
+    @property
+    def style(self) -> tuple[str, bool, int]:
+        """(unit, higher is better, decimals in the markdown table), the row's own where it set them."""
+        unit, higher, digits = METRIC_STYLE[self.metric]
+        return (self.unit if self.unit is not None else unit,
+                self.higher_is_better if self.higher_is_better is not None else higher, digits)
+
+
+# metric -> (unit, higher is better, decimals in the markdown table)
+METRIC_STYLE: dict[str, tuple[str, bool, int]] = {
+    "fvd": ("", False, 1), "clipsim": ("cosine", True, 4),
+    "psnr": ("dB", True, 2), "ssim": ("", True, 4), "lpips": ("", False, 4),
+}
 
 
 @dataclass
@@ -462,8 +486,8 @@ def write_outputs(run: Run) -> tuple[Path, Path]:
         rows.append(make_row(
             run_id=run.run_id, created_utc=now_utc(), source="measured", git_sha=env["git_sha"],
             git_dirty=env["git_dirty"], generator=m.generator, dataset=_dataset_of(m.table), protocol=m.protocol,
-            metric=m.metric, value=m.value, std=m.std, n=m.n_fake, higher_is_better=m.metric == "clipsim",
-            unit="cosine" if m.metric == "clipsim" else "", guidance_scale=m.guidance_scale,
+            metric=m.metric, value=m.value, std=m.std, n=m.n_fake, higher_is_better=m.style[1],
+            unit=m.style[0], guidance_scale=m.guidance_scale,
             batch_size=args.batch_size, dtype=args.dtype, device_name=env["device_name"],
             torch_version=env["torch_version"], cuda_version=env["cuda_version"],
             config_hash=stable_hash({"protocol": m.protocol, "setting": m.setting, "generator": m.generator}),
@@ -489,13 +513,14 @@ def _fmt(v: float | None, pm: float | None, digits: int) -> str:
 
 def markdown_table(run: Run) -> str:
     lines = [f"# CMD {run.table} reproduction{' (TINY synthetic run: numbers meaningless)' if run.args.tiny else ''}",
-             "", f"run `{run.run_id}`; spread = bootstrap std (FVD over clips, CLIPSIM over videos); "
-             "paper = arXiv 2403.14148v1", "",
+             "", f"run `{run.run_id}`; spread = bootstrap std (FVD over clips, CLIPSIM over videos), sample std "
+             "over clips (PSNR, SSIM, LPIPS); paper = arXiv 2403.14148v1 (- where it reports none)", "",
              "| table | setting | metric | paper | ours | real / generated | protocol | generator |",
              "|---|---|---|---|---|---|---|---|"]
     for m in run.results:
-        digits = 4 if m.metric == "clipsim" else 1
-        lines.append(f"| {m.table} | {m.setting} | {m.metric} | {_fmt(*m.paper, digits)} | "
+        unit, higher, digits = m.style
+        metric = f"{m.metric}{f' [{unit}]' if unit else ''} {'↑' if higher else '↓'}"
+        lines.append(f"| {m.table} | {m.setting} | {metric} | {_fmt(*m.paper, digits)} | "
                      f"{_fmt(m.value, m.std, digits)} | {m.n_real if m.n_real is not None else '-'} / {m.n_fake} | "
                      f"{m.protocol} | {m.generator} |")
     skipped = {k: v.get("num_skipped", 0) for k, v in run.reports.items() if isinstance(v, dict)}
@@ -654,11 +679,22 @@ def table3_11(run: Run) -> None:
 
 
 def table4(run: Run) -> None:
-    """Table 4a reconstruction row: real clips vs CMD-autoencoder reconstructions of the same clips."""
+    """Table 4a reconstruction row: real clips vs CMD-autoencoder reconstructions of the same clips.
+
+    One pass over the clips gives, per clip, the FVD features of its reconstruction and its PSNR, SSIM and
+    LPIPS against the input clip (:func:`cmdbench.metrics.reconstruction.reconstruction_scores`: per-frame
+    values averaged over the clip's frames), banked together in the same resumable units. FVD row: as in
+    Table 4a; psnr / ssim / lpips rows: the mean over clips, the sample std over clips (ddof=1) and the
+    number of clips (the paper reports none of them). LPIPS is v0.1 AlexNet with torchvision's ImageNet
+    backbone (``cmdbench weights fetch torchvision_alexnet_imagenet1k_v1``); ``--tiny`` uses a random
+    backbone and its protocol says RANDOM.
+    """
     import torch
 
     from cmdbench.bench.reference_sets import open_real_dataset
     from cmdbench.data.clips import iter_clips, make_loader
+    from cmdbench.metrics import reconstruction
+    from cmdbench.perceptual import load_lpips
     from cmdbench.video import float_to_uint8, uint8_to_float
 
     args = run.args
@@ -667,33 +703,71 @@ def table4(run: Run) -> None:
     frames, (h, w) = ae.config.num_frames, ae.frame_size
     if ae.config.in_channels != 3:
         raise ValueError(f"{gen.name}'s autoencoder works in a latent space; Table 4a uses the pixel UCF-101 model")
+    if args.tiny:  # LPIPS' AlexNet needs frames of 31x31 or more; the tiny AE (16x16) runs at any multiple of 8
+        h, w = TINY_RECON_SIZE
+    backbone = "random" if args.tiny else "imagenet"
+    lpips_model = load_lpips("alex", device=next(ae.parameters()).device, backbone=backbone)
+    _check_lpips_size(lpips_model, h, w)  # before any work: a clear error instead of a failure mid-run
     root = synthetic_inputs(run, frames, (h, w))["ucf101"] if args.tiny else args.ucf101_root
     fvd = run.fvd("fvd2048_16f", num_frames=frames, real_order="hashed")
     real = run.real_statistics("ucf101", root, fvd, (h, w))
     ds = open_real_dataset("ucf101", root, fvd.protocol, size=(h, w), policy=args.on_bad_input)
     dev = next(ae.parameters()).device
+    # the registered metrics name each row's protocol, unit, direction and provenance
+    pair_metrics = {"psnr": reconstruction.PSNR(), "ssim": reconstruction.SSIM(),
+                    "lpips": reconstruction.LPIPS(net="alex", backbone=backbone, model=lpips_model)}
 
     @torch.no_grad()
     def produce(idx):
-        feats, done = [], []
+        out: dict[str, list[np.ndarray]] = {"fvd": [], **{m: [] for m in pair_metrics}}
+        done, failed = [], {}
         for b in iter_clips(ds, make_loader(ds, batch_size=args.extract_batch_size, num_workers=args.num_workers,
                                             indices=idx)):
+            failed.update({s.index: f"{s.source}: {s.reason}" for s in b.skipped})
             if b.videos is None:
                 continue
             x = uint8_to_float(b.videos).permute(0, 2, 1, 3, 4).to(dev, next(ae.parameters()).dtype)  # (B,3,L,H,W)
             rec = float_to_uint8(ae(x).float().cpu().permute(0, 2, 1, 3, 4))  # (B, L, 3, H, W) uint8
-            feats.append(fvd.features(rec).numpy())
+            out["fvd"].append(fvd.features(rec).numpy())
+            scores = reconstruction.reconstruction_scores(rec, b.videos, lpips_model=lpips_model)  # name -> (B,)
+            for m in pair_metrics:
+                out[m].append(scores[m][:, None])  # (B, 1): one value per clip, banked like a feature
             done.extend(b.indices)
-        return {"fvd": np.concatenate(feats) if feats else np.zeros((0, fvd.extractor.dim))}, done
+        dims = {"fvd": fvd.extractor.dim, **dict.fromkeys(pair_metrics, 1)}
+        return ({k: np.concatenate(v) if v else np.zeros((0, dims[k])) for k, v in out.items()}, done, failed)
 
     tag = stable_hash({"ae": gen.name, "ckpt": args.checkpoint, "protocol": to_jsonable(fvd.protocol),
-                       "n": len(ds)}, length=32)
-    stats, done = sharded_stats(len(ds), produce, {"fvd": fvd.extractor.dim}, tag=tag,
-                                work_dir=run.work_dir / "recon" / tag[:12], chunk_size=args.chunk_size,
+                       "n": len(ds), "pairs": {k: [m.protocol, to_jsonable(m.provenance())]
+                                                for k, m in pair_metrics.items()}}, length=32)
+    stats, done = sharded_stats(len(ds), produce, {"fvd": fvd.extractor.dim, **dict.fromkeys(pair_metrics, 1)},
+                                tag=tag, work_dir=run.work_dir / "recon" / tag[:12], chunk_size=args.chunk_size,
                                 shard=run.shard, keep_features=True)
     value, std, extra = run.fvd_value(fvd, real, stats["fvd"])
+    who = f"{gen.name} autoencoder"
     run.add(Measured("Table 4a", "reconstruction", "fvd", value, std, len(done), real.n, _proto(fvd, args),
-                     f"{gen.name} autoencoder", None, notes="same real clips reconstructed; " + _fvd_note(extra)))
+                     who, None, notes="same real clips reconstructed; " + _fvd_note(extra)))
+    for name, metric in pair_metrics.items():
+        per_clip = stats[name].bank.array()[:, 0]  # (n,) float64: each clip's mean over its frames
+        provenance = "".join(f"; {k}={v}" for k, v in metric.provenance().items())
+        run.add(Measured("Table 4a", "reconstruction", name, float(per_clip.mean()),
+                         float(per_clip.std(ddof=1)) if per_clip.size > 1 else None, len(done), len(done),
+                         metric.protocol, who, None, unit=metric.unit, higher_is_better=metric.higher_is_better,
+                         notes=f"each reconstruction vs its input clip, {frames} frames of {h}x{w}: mean over "
+                               f"frames per clip, then mean and sample std (ddof=1) over clips{provenance}"))
+
+
+def _check_lpips_size(model: Any, h: int, w: int) -> None:
+    """Raise a ValueError naming the frame size when ``model`` (LPIPS) cannot score ``h x w`` frames."""
+    import torch
+
+    p = next(model.parameters())
+    probe = torch.zeros(1, 3, h, w, device=p.device, dtype=p.dtype)
+    try:
+        with torch.no_grad():
+            model(probe, probe)
+    except RuntimeError as err:
+        raise ValueError(f"Table 4a: LPIPS cannot score {h}x{w} frames (its AlexNet pools them to nothing; it "
+                         f"needs at least 31x31): {err}") from err
 
 
 TABLES: dict[str, Callable[[Run], None]] = {"ucf101": table1, "msrvtt": table2, "webvid": table3_11,

@@ -51,6 +51,24 @@ def test_missing_inputs_are_listed_together_before_any_work(tmp_path, monkeypatc
         reproduce("ucf101", ["--parts", "cond2048", "--ucf101-root", str(tmp_path / "nope"), "--checkpoint", "x.pt"])
 
 
+def test_ablations_needs_the_lpips_backbone_and_frames_lpips_can_score(tmp_path, monkeypatch):
+    from cmdbench.bench.repro_quality import _check_lpips_size
+    from cmdbench.perceptual import load_lpips
+
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CMDBENCH_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(MissingInputsError) as err:
+        reproduce("ablations", ["--records", str(tmp_path / "rec")])
+    msg = str(err.value)
+    assert "cmdbench weights fetch torchvision_alexnet_imagenet1k_v1" in msg
+    assert "CMDBENCH_WEIGHTS_TORCHVISION_ALEXNET_IMAGENET1K_V1" in msg
+    model = load_lpips("alex", backbone="random")
+    _check_lpips_size(model, 31, 40)  # AlexNet's smallest frames
+    with pytest.raises(ValueError, match="LPIPS cannot score 16x16 frames"):
+        _check_lpips_size(model, 16, 16)
+
+
 def test_paper_numbers_are_found():
     assert paper_number("Table 1", "cond2048", "fvd") == (107.0, 9.0)
     assert paper_number("Table 1", "cond10k", "fvd") == (73.0, 2.0)
@@ -150,3 +168,59 @@ def test_clipsim_rows_count_truncated_prompts(tmp_path):
     fake = run.fake_statistics(gen, items, clip=run.clip(), label="t")
     assert fake["stats"]["prompt_truncated"].bank.array()[:, 0].tolist() == [0.0, 1.0, 0.0]
     assert _clipsim_note(fake).startswith("prompts_truncated=1 of 3")
+
+
+def test_ablations_reconstruction_rows_equal_the_pair_scores_and_survive_a_preemption(tmp_path, monkeypatch):
+    """Table 4a's psnr/ssim/lpips rows: the mean and sample std over clips of each reconstruction's scores
+    against its own input clip, recomputed here from the very pairs the run scored (PSNR by a float64
+    formula of its own); a run stopped after its first chunk resumes without losing or repeating a clip."""
+    import numpy as np
+
+    from cmdbench.metrics import reconstruction
+    from cmdbench.perceptual import load_lpips
+
+    original, pairs, state = reconstruction.reconstruction_scores, [], {"calls": 0, "fail_at": 2}
+
+    def spy(videos, references, *, lpips_model=None):
+        state["calls"] += 1
+        if state["calls"] == state["fail_at"]:
+            raise RuntimeError("preempted")
+        pairs.append((videos.clone(), references.clone()))
+        return original(videos, references, lpips_model=lpips_model)
+
+    monkeypatch.setattr(reconstruction, "reconstruction_scores", spy)
+    small = ("--chunk-size", "2", "--extract-batch-size", "2")  # 6 clips: 3 units of 2
+    with pytest.raises(RuntimeError, match="preempted"):
+        _tiny("ablations", tmp_path, *small)
+    assert len(pairs) == 1  # the first unit is on disk
+    state["fail_at"] = None
+    df = _tiny("ablations", tmp_path, *small)
+    assert state["calls"] == 4 and len(pairs) == 3  # only the two missing units were computed
+    rows = df.set_index("metric")
+    assert list(rows.index) == ["fvd", "psnr", "ssim", "lpips"] and (rows["n"] == 6).all()
+    assert rows.loc["psnr", "unit"] == "dB" and rows["higher_is_better"].tolist() == [False, True, True, False]
+    assert rows.loc["lpips", "protocol"] == "lpips-v0.1-alex-RANDOM-backbone/frame-mean"
+    assert rows.loc["psnr", "protocol"] == reconstruction.PSNR.protocol
+
+    rec = torch.cat([r for r, _ in pairs])  # (6, 8, 3, 32, 32) uint8, every clip once
+    ref = torch.cat([x for _, x in pairs])
+    assert rec.shape == (6, 8, 3, 32, 32) and not torch.equal(rec, ref)
+    assert len({x.numpy().tobytes() for x in ref}) == 6  # six distinct input clips: none lost or repeated
+    mse = ((rec.double() - ref.double()) ** 2).flatten(2).mean(2).numpy()  # (6, 8) per frame, in levels^2
+    expected = {"psnr": (10 * np.log10(255.0**2 / mse)).mean(1)}
+    fresh = original(rec, ref, lpips_model=load_lpips("alex", backbone="random"))  # a separately loaded model
+    expected |= {"ssim": fresh["ssim"], "lpips": fresh["lpips"]}
+    for name, per_clip in expected.items():
+        rel = 1e-6 if name == "lpips" else 1e-9  # LPIPS runs in float32, here on 48 frames per call, there on 16
+        assert rows.loc[name, "value"] == pytest.approx(per_clip.mean(), rel=rel), name
+        assert rows.loc[name, "std"] == pytest.approx(per_clip.std(ddof=1), rel=rel), name
+    table = (tmp_path / "tab" / "quality_ablations_tiny.md").read_text()
+    psnr_line = next(line for line in table.splitlines() if "psnr [dB]" in line)
+    assert psnr_line.split("|")[4].strip() == "-"  # the paper reports no PSNR
+
+    # a third run finds every unit on disk: nothing is scored again, and every row (FVD too) is unchanged
+    df3 = _tiny("ablations", tmp_path, *small)
+    assert state["calls"] == 4
+    newest = df3[df3["run_id"] != df["run_id"].iloc[0]]
+    newest = newest[newest["run_id"] == newest["run_id"].iloc[-1]].set_index("metric")
+    assert newest["value"].tolist() == rows["value"].tolist() and newest["std"].tolist() == rows["std"].tolist()
