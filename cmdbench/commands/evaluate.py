@@ -243,8 +243,9 @@ def build_fvd(name: str, factory: Any, args: argparse.Namespace, opts: Any) -> A
             values["protocol"] = protocol
         if not opts.explicit("extractor"):
             values["extractor"] = reference.metadata.get("extractor") or file_protocol.extractor
-        if kind == "fvmd" and not opts.explicit("size"):
-            values["size"] = file_protocol.size
+        if kind == "fvmd":  # its feature settings, as the protocol name records them
+            settings = {"size": file_protocol.size, **settings_in_name(file_protocol.name)}
+            values.update({k: v for k, v in settings.items() if not opts.explicit(k)})
     elif reference is not None and kind == "i3d" and not opts.explicit("protocol"):
         raise MetricFailure(f"{ref_flag} holds (mu, sigma) without metadata (another tool's file): name the protocol "
                             "its features were computed under with --protocol PRESET (and --extractor when it is "
@@ -253,6 +254,22 @@ def build_fvd(name: str, factory: Any, args: argparse.Namespace, opts: Any) -> A
     if reference is not None:
         attach_reference(name, metric, reference, file_protocol, opts, ref_flag, args)
     return metric
+
+
+def settings_in_name(name: str) -> dict[str, Any]:
+    """The feature settings a protocol name records, ``"fvmd[num_points=25,iters=4,size=128]"`` ->
+    ``{"num_points": 25, "iters": 4, "size": 128}`` (the form :func:`cmdbench.metrics.fvmd.protocol_name`
+    writes; values JSON when they parse, else text); ``{}`` for a plain name."""
+    if not (name.endswith("]") and "[" in name):
+        return {}
+    settings = {}
+    for item in name[name.index("[") + 1 : -1].split(","):
+        key, _, raw = item.partition("=")
+        try:
+            settings[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            settings[key] = raw
+    return settings
 
 
 def own_protocol(kind: str) -> Any:

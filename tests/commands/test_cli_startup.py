@@ -38,7 +38,15 @@ def test_written_out_names_equal_their_sources():
     assert tuple(sorted(fvd.PROTOCOL_METRICS)) == ref_stats.FVD_METRIC_NAMES
     assert ref_stats.EXTRACTOR_NAMES == i3d.EXTRACTOR_NAMES
     assert sample.DTYPES == DTYPES and tuple(sorted(PIX_FMT_MULTIPLE)) == evaluate.PIX_FMTS
-    assert evaluate.CLIP_STANDIN == STANDIN_NAME
+    assert evaluate.CLIP_STANDIN == STANDIN_NAME == ref_stats.CLIP_STANDIN
+    import cmdbench.metrics.catalog  # noqa: F401
+    from cmdbench.bench.motion_strata import STAND_IN_OPTIONS
+    from cmdbench.registry import METRICS
+
+    family = {n for n in METRICS.names() if ref_stats.is_fvd_family(METRICS.get(n))}
+    fvd_names = {*fvd.PROTOCOL_METRICS, *(f"fvd-{p}" for p in fvd.PRESETS)}
+    assert tuple(sorted(family - fvd_names)) == ref_stats.JUDGE_METRIC_NAMES  # the judges ref-stats --metric takes
+    assert tuple(sorted({o["extractor"] for o in STAND_IN_OPTIONS.values()})) == ref_stats.STAND_IN_EXTRACTORS
 
 
 def test_top_level_help_text_is_each_commands_own():
