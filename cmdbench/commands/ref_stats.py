@@ -20,8 +20,8 @@ or a judge beyond FVD with its own protocol, extractor and cache key: ``jedi`` (
 features of the ``--protocol`` preset, so its statistics are those of ``fvd2048_16f`` under that preset (one
 file serves both). ``cmdbench evaluate --ref-stats FILE --metric NAME`` then takes the file's protocol and
 extractor. ``--stand-ins`` picks the judge's random-weight stand-in (offline; values mean nothing, labelled);
-``--metric-option NAME:KEY=VALUE`` sets one of its factory options (e.g. ``fvmd:size=128``; evaluate must be
-given the same).
+``--metric-option NAME:KEY=VALUE`` sets one of its factory options (e.g. ``fvmd:size=128``; evaluate reads
+FVMD's grid, iterations and size back from the file's protocol name, other options must be given again).
 
 ``--export mu-sigma OUT.npz`` also writes the statistics in the (mu, sigma) layout of pytorch-fid-style
 tools (``np.load(OUT)["mu"]``, ``["sigma"]`` under the preset's covariance estimator, plus ``n`` and the
