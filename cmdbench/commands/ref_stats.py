@@ -127,7 +127,7 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, *, metric_option: bo
                              "the I3D offline stand-in (under videogpt, tats or tf-reference)")
     parser.add_argument("--extractor-path", default=None,
                         help="weight file of the --extractor (default: cmdbench.weights cache)")
-    parser.add_argument("--stand-ins", action="store_true",
+    parser.add_argument("--stand-ins", "--stand-in", action="store_true",  # --stand-in: `cmdbench sensitivity`'s spelling
                         help="offline: every judge takes its random-weight stand-in (" + ", ".join(STAND_IN_EXTRACTORS)
                              + " with a 5x5 grid, 4 iterations, 128 px for fvmd; CLIPSIM: " + CLIP_STANDIN + "); "
                              "values mean nothing, and every row and printed line says RANDOM WEIGHTS")
