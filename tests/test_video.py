@@ -121,7 +121,7 @@ def test_codec_round_trip_equals_write_then_read(tmp_path, h, w, pix_fmt):
     assert trip.shape == videos.shape and trip.dtype == torch.uint8
     for i in range(2):
         path = write_mp4(tmp_path / f"{i}.mp4", videos[i], crf=18, pix_fmt=pix_fmt)
-        assert torch.equal(trip[i], read_video(path))
+        assert_same_up_to_codec_noise(trip[i], read_video(path))
         assert storage_of(path) == mp4_storage(crf=18, pix_fmt=pix_fmt)
     # and it is a real codec pass: the noise video loses several grey levels, the simple one stays close
     assert (trip[1].float() - videos[1].float()).abs().mean() > 5.0
@@ -169,3 +169,23 @@ def test_mp4_round_trip_at_sizes_decord_mishandles(tmp_path, h, w):
     back = read_video(write_mp4(tmp_path / "clip.mp4", v))
     assert back.shape == v.shape
     assert (back.float() - v.float()).abs().mean() < 6.0
+
+
+def assert_same_up_to_codec_noise(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal but for the rare run-to-run variation of this x264/libav stack (see codec_round_trip): at least
+    99% of the pixels identical and a mean difference under half a grey level. Another crf (23 vs 18) leaves
+    about 5% of the pixels identical and 8 grey levels apart, so a settings mismatch still fails."""
+    assert a.shape == b.shape
+    assert (a == b).float().mean().item() >= 0.99
+    assert (a.float() - b.float()).abs().mean().item() < 0.5
+
+
+def test_mp4_encoding_is_reproducible_up_to_codec_noise():
+    rng = torch.Generator().manual_seed(0)
+    videos = torch.randint(0, 256, (1, 6, 3, 34, 46), generator=rng, dtype=torch.uint8)
+    first = codec_round_trip(videos, crf=18, pix_fmt="yuv420p")
+    for _ in range(5):
+        assert_same_up_to_codec_noise(first, codec_round_trip(videos, crf=18, pix_fmt="yuv420p"))
+    other_crf = codec_round_trip(videos, crf=23, pix_fmt="yuv420p")
+    with pytest.raises(AssertionError):
+        assert_same_up_to_codec_noise(first, other_crf)

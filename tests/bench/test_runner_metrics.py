@@ -149,8 +149,9 @@ def test_bench_through_codec_scores_the_decoded_mp4_pixels_and_records_the_stora
         videos = gen.sample(**conditions_for(res, seeds, batch), num_frames=16, height=16, width=16, steps=1,
                             guidance_scale=res.guidance_scale, generator=make_generators([seeds[i] for i in batch]))
         direct.update(codec_round_trip(videos))
-    assert mp4_row["value"] == pytest.approx(direct.compute().value, rel=1e-6)
-    assert mp4_row["value"] != pytest.approx(mem_row["value"], rel=1e-6)
+    # equal up to the rare run-to-run codec noise of this x264 stack (cmdbench.video.codec_round_trip)
+    assert mp4_row["value"] == pytest.approx(direct.compute().value, rel=1e-3)
+    assert mp4_row["value"] != pytest.approx(mem_row["value"], rel=1e-2)
 
 
 def test_bench_refuses_paired_metrics_before_writing_anything(tmp_path):
