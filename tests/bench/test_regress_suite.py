@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cmdbench.bench import regress_suite as suite
-from cmdbench.bench.regression import compare, exit_code, ratio_interval
+from cmdbench.bench.regression import compare, ratio_interval
 from cmdbench.bench.results import decode_values, load_records
 
 GEN = "pvdm-ucf101"
@@ -68,16 +68,14 @@ def test_rounds_needed_resolves_ten_percent():
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, plugins):
-    """Two suite runs of one tiny generator (and the counts of another) on unchanged code, 6 and 5 rounds; a
-    third with the generator's denoiser 1.5x slower through the test-only knob."""
+    """Two suite runs of one tiny generator (and the counts of another) on unchanged code, 6 and 5 rounds.
+    (The timing verdicts on real runs, unchanged and deliberately slowed, are statistical and live in
+    benchmarks/test_bench_regress_gate.py; here only what is deterministic is checked.)"""
     root = tmp_path_factory.mktemp("regress")
     kw = dict(generators=[GEN], counts=["cmd-tiny"], predictions=False, kernels=False, log=lambda _: None)
     a, _ = suite.run_suite(root / "a", rounds=6, **kw)
     b, _ = suite.run_suite(root / "b", rounds=5, **kw)  # the round count is not part of a timing's identity
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(suite.SLOWDOWN_ENV, f"{GEN}:1.5")
-        c, _ = suite.run_suite(root / "c", rounds=6, **kw)
-    return {k: load_records(root / k / f"{rid}.csv") for k, rid in (("a", a), ("b", b), ("c", c))}
+    return {k: load_records(root / k / f"{rid}.csv") for k, rid in (("a", a), ("b", b))}
 
 
 def test_a_run_records_wall_and_cpu_time_raw_repeats_and_exact_counts(two_runs):
@@ -94,19 +92,11 @@ def test_a_run_records_wall_and_cpu_time_raw_repeats_and_exact_counts(two_runs):
     assert df["config_hash"].is_unique
 
 
-def test_unchanged_rerun_pairs_every_row_and_raises_no_alarm(two_runs):
+def test_unchanged_rerun_pairs_every_row_and_its_exact_figures_are_unchanged(two_runs):
     v = compare(two_runs["a"], two_runs["b"])
-    assert set(v["verdict"]) <= {"unchanged", "not separated", "not gated", "improved"}, v[["metric", "verdict"]]
-    assert exit_code(v) == 0 and len(v) == len(two_runs["a"])  # every row paired, 6 vs 5 rounds
+    assert len(v) == len(two_runs["a"])  # every row paired, 6 vs 5 rounds
+    assert not set(v["verdict"]) & {"changed", "missing", "new", "incomparable"}, v[["metric", "verdict"]]
     assert (v.loc[v["kind"] == "exact", "verdict"] == "unchanged").all()
-
-
-def test_deliberate_slowdown_is_flagged(two_runs):
-    v = compare(two_runs["a"], two_runs["c"]).set_index("metric")
-    assert v.loc["stage_cpu_time/denoiser", "verdict"] == "regressed"
-    assert v.loc["stage_cpu_time/denoiser", "change_pct"] == pytest.approx(50, abs=15)
-    assert v.loc["sampling_cpu_time", "verdict"] == "regressed"
-    assert exit_code(compare(two_runs["a"], two_runs["c"])) == 1
 
 
 def test_a_five_percent_change_in_predicted_memory_is_flagged_exactly(tmp_path, plugins):
