@@ -61,24 +61,9 @@ def folder_identity(root: str | Path, name: str | None = None) -> dict[str, str]
 def list_folder(root: str | Path, report: Any) -> list[Any]:
     """Every video under ``root`` as a ``VideoSource`` (id: relative path without extension, no condition);
     stray files and duplicate ids go through ``report``'s policy (named and skipped, or an error)."""
-    from cmdbench.data.clips import VideoSource
-    from cmdbench.data.datasets import _walk  # the folder dataset's own listing, without its captions step
-    from cmdbench.data.policy import DatasetError, handle_bad
+    from cmdbench.data.datasets import folder_sources
 
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"video folder {root} is not a directory")
-    sources, seen = [], {}
-    for p in _walk(root, report):
-        report.listed += 1
-        rel = p.relative_to(root).as_posix()
-        vid = rel if p.is_dir() else rel[: -len(p.suffix)]
-        if vid in seen:
-            handle_bad(report, p, f"duplicate id {vid!r} (also {seen[vid]})", "index")
-            continue
-        seen[vid] = p
-        sources.append(VideoSource(p, vid, None))
-    return sources
+    return folder_sources(root, captions=False, report=report)[0]
 
 
 def caption_file(root: Path, prompts: str | None) -> Path:

@@ -291,10 +291,11 @@ def read_captions_csv(path: Path, report: DataReport) -> dict[str, str]:
     return out
 
 
-def folder_sources(root: str | Path, *, captions: str | Path | None = None, policy: str = "strict",
+def folder_sources(root: str | Path, *, captions: str | Path | bool | None = None, policy: str = "strict",
                    report: DataReport | None = None) -> tuple[list[VideoSource], DataReport, list[Path]]:
     """Every video under ``root`` as :class:`VideoSource` (ids: relative paths without extension), the
-    report and the index files (the captions CSV when there is one). See :func:`folder`."""
+    report and the index files (the captions CSV when there is one). ``captions``: a CSV path, ``None`` for
+    ``<root>/captions.csv`` when present, ``False`` to read no captions (conditions None). See :func:`folder`."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"video folder {root} is not a directory")
@@ -304,7 +305,10 @@ def folder_sources(root: str | Path, *, captions: str | Path | None = None, poli
         raise DatasetError(f"video folder {root} cannot be listed: {err.strerror or err}") from None
     report = report or DataReport("folder", check_policy(policy))
     paths = _walk(root, report)
-    cap_file = Path(captions) if captions else (root / CAPTIONS_CSV if (root / CAPTIONS_CSV).is_file() else None)
+    if captions is False:
+        cap_file = None
+    else:
+        cap_file = Path(captions) if captions else (root / CAPTIONS_CSV if (root / CAPTIONS_CSV).is_file() else None)
     caption_of = read_captions_csv(cap_file, report) if cap_file else None
     sources, seen = [], {}
     for p in paths:
