@@ -46,13 +46,13 @@ from typing import Any
 
 import torch
 
+from baselines._common.sampling import CheckedSampler
 from cmdbench.interfaces import (
     CostStage,
     GeneratorSpec,
     SamplingDefaults,
     StageHook,
     UnsupportedSettingError,
-    check_conditioning,
 )
 from cmdbench.registry import GENERATORS
 from cmdbench.video import float_to_uint8
@@ -82,7 +82,7 @@ class _Traced(Exception):
 # --- The generator ----------------------------------------------------------------------------------------
 
 
-class DiffusersVideoGenerator:
+class DiffusersVideoGenerator(CheckedSampler):
     """A diffusers text-to-video pipeline as a cmdbench generator (see the module docstring).
 
     Args:
@@ -193,24 +193,12 @@ class DiffusersVideoGenerator:
                 f"{self.defaults.guidance_scale}) or >= 1.0 (diffusers' scale; 1 disables guidance)"
             )
 
-    @torch.inference_mode()
-    def sample(
-        self,
-        *,
-        prompts: Sequence[str] | None = None,
-        labels: Sequence[int] | None = None,
-        num_frames: int,
-        height: int,
-        width: int,
-        steps: int,
-        generator: Sequence[torch.Generator],
-        guidance_scale: float | None = None,
-    ) -> torch.Tensor:
-        """Sample ``len(generator)`` videos through the pipeline; returns uint8 ``(B, T, 3, H, W)`` on the CPU."""
+    def generate(self, *, prompts: Sequence[str] | None, labels: Sequence[int] | None, num_frames: int,
+                 height: int, width: int, steps: int, generator: Sequence[torch.Generator],
+                 guidance_scale: float | None) -> torch.Tensor:
+        """Sample ``len(generator)`` videos through the pipeline (after :class:`CheckedSampler`'s checks);
+        returns uint8 ``(B, T, 3, H, W)`` on the CPU."""
         batch = len(generator)
-        if batch == 0:
-            raise ValueError(f"{self.name}: pass at least one torch.Generator (one per sample)")
-        check_conditioning(self.name, self.conditioning, batch, prompts=prompts, labels=labels)
         if guidance_scale is None:
             guidance_scale = self.defaults.guidance_scale
         self.check_settings(num_frames, height, width, steps, guidance_scale)
