@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cmdbench.interfaces import Conditioning, check_conditioning
+from cmdbench.interfaces import Conditioning, UnsupportedSettingError, check_conditioning
 
 
 class CheckedSampler:
@@ -47,3 +47,24 @@ class CheckedSampler:
                  guidance_scale: float | None) -> torch.Tensor:
         """The sampling after the checks of :meth:`sample` (same arguments and result)."""
         raise NotImplementedError
+
+
+def check_latent_setting(name: str, *, num_frames: int, height: int, width: int, steps: int,
+                         guidance: float | None, multiple: int, multiple_reason: str, train_steps: int,
+                         guidance_note: str = "") -> None:
+    """The setting checks every latent text-to-video sampler shares: positive integers, frame sides in
+    multiples of ``multiple`` (``multiple_reason`` says why), 1..``train_steps`` steps, guidance None or >= 1
+    (diffusers' scale). Raises :class:`UnsupportedSettingError` naming the argument and what is allowed."""
+    for what, v in (("num_frames", num_frames), ("height", height), ("width", width), ("steps", steps)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UnsupportedSettingError(f"{name}: {what}={v!r}; allowed: a positive integer")
+    for what, v in (("height", height), ("width", width)):
+        if v % multiple:
+            raise UnsupportedSettingError(
+                f"{name}: {what}={v} is not a multiple of {multiple}; allowed multiples of {multiple} ({multiple_reason})"
+            )
+    if steps > train_steps:
+        raise UnsupportedSettingError(f"{name}: steps={steps}; allowed 1..{train_steps}")
+    if guidance is not None and guidance < 1.0:
+        raise UnsupportedSettingError(f"{name}: guidance_scale={guidance}; allowed None{guidance_note} or >= 1.0"
+                                      + (" (diffusers' scale; 1 disables guidance)" if guidance_note else ""))

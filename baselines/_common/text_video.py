@@ -26,12 +26,11 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 
-from baselines._common.sampling import CheckedSampler
+from baselines._common.sampling import CheckedSampler, check_latent_setting
 from cmdbench.interfaces import (
     CostStage,
     SamplingDefaults,
     StageHook,
-    UnsupportedSettingError,
     stage,
 )
 from cmdbench.seeding import randn_per_sample
@@ -255,21 +254,10 @@ class TextToVideoLatentGenerator(CheckedSampler):
 
     def check_settings(self, num_frames: int, height: int, width: int, steps: int,
                        guidance: float | None) -> None:
-        for what, v in (("num_frames", num_frames), ("height", height), ("width", width), ("steps", steps)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UnsupportedSettingError(f"{self.name}: {what}={v!r}; allowed: a positive integer")
-        m = self.spatial_multiple
-        for what, v in (("height", height), ("width", width)):
-            if v % m:
-                raise UnsupportedSettingError(
-                    f"{self.name}: {what}={v} is not a multiple of {m}; allowed multiples of {m} "
-                    f"(VAE factor {VAE_SCALE} x the denoiser's downsampling)"
-                )
-        train_steps = self.scheduler_config["num_train_timesteps"]
-        if steps > train_steps:
-            raise UnsupportedSettingError(f"{self.name}: steps={steps}; allowed 1..{train_steps}")
-        if guidance is not None and guidance < 1.0:
-            raise UnsupportedSettingError(f"{self.name}: guidance_scale={guidance}; allowed None or >= 1.0")
+        check_latent_setting(self.name, num_frames=num_frames, height=height, width=width, steps=steps,
+                             guidance=guidance, multiple=self.spatial_multiple,
+                             multiple_reason=f"VAE factor {VAE_SCALE} x the denoiser's downsampling",
+                             train_steps=self.scheduler_config["num_train_timesteps"])
         self.check_frames(num_frames)
 
     # --- sampling --------------------------------------------------------------------------------------

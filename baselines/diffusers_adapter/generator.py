@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from baselines._common.sampling import CheckedSampler
+from baselines._common.sampling import CheckedSampler, check_latent_setting
 from cmdbench.interfaces import (
     CostStage,
     GeneratorSpec,
@@ -174,24 +174,12 @@ class DiffusersVideoGenerator(CheckedSampler):
     # --- sampling ----------------------------------------------------------------------------------------
 
     def check_settings(self, num_frames: int, height: int, width: int, steps: int, guidance: float | None) -> None:
-        for what, v in (("num_frames", num_frames), ("height", height), ("width", width), ("steps", steps)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UnsupportedSettingError(f"{self.name}: {what}={v!r}; allowed: a positive integer")
-        m = self.spatial_multiple
-        for what, v in (("height", height), ("width", width)):
-            if v % m:
-                raise UnsupportedSettingError(
-                    f"{self.name}: {what}={v} is not a multiple of {m}; allowed multiples of {m} (VAE factor "
-                    f"{self.vae_scale_factor} x the {self.denoiser_name}'s patch size)"
-                )
-        train_steps = self.pipe.scheduler.config.get("num_train_timesteps", 1000)
-        if steps > train_steps:
-            raise UnsupportedSettingError(f"{self.name}: steps={steps}; allowed 1..{train_steps}")
-        if guidance is not None and guidance < 1.0:
-            raise UnsupportedSettingError(
-                f"{self.name}: guidance_scale={guidance}; allowed None (the pipeline's default "
-                f"{self.defaults.guidance_scale}) or >= 1.0 (diffusers' scale; 1 disables guidance)"
-            )
+        check_latent_setting(
+            self.name, num_frames=num_frames, height=height, width=width, steps=steps, guidance=guidance,
+            multiple=self.spatial_multiple,
+            multiple_reason=f"VAE factor {self.vae_scale_factor} x the {self.denoiser_name}'s patch size",
+            train_steps=self.pipe.scheduler.config.get("num_train_timesteps", 1000),
+            guidance_note=f" (the pipeline's default {self.defaults.guidance_scale})")
 
     def generate(self, *, prompts: Sequence[str] | None, labels: Sequence[int] | None, num_frames: int,
                  height: int, width: int, steps: int, generator: Sequence[torch.Generator],
