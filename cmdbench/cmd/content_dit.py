@@ -54,6 +54,7 @@ from cmdbench.cmd.autoencoder import sincos_embedding_2d
 from cmdbench.cmd.dit_blocks import (
     AdaLNFinalLayer,
     AdaLNZeroBlock,
+    batch_timesteps,
     grid_positions,
     init_dit_weights,
     unpatchify,
@@ -179,11 +180,7 @@ class ContentDiT(ModelMixin, ConfigMixin):
         self._check_inputs(x, labels)
         batch = x.shape[0]
         dtype = self.patch_embed.proj.weight.dtype
-        timestep = torch.as_tensor(timestep, device=x.device)
-        if timestep.ndim == 0:
-            timestep = timestep.expand(batch)
-        elif timestep.shape != (batch,):
-            raise ValueError(f"timestep must be a scalar or (B={batch},); got shape {tuple(timestep.shape)}")
+        timestep = batch_timesteps(timestep, batch, x.device)
 
         cond = self.time_embed(self.time_proj(timestep).to(dtype)) + self.class_embed(labels)  # (B, hidden)
         p = self.config.patch_size

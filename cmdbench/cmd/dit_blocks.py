@@ -122,6 +122,16 @@ def init_dit_weights(
                 nn.init.zeros_(layer.bias)
 
 
+def batch_timesteps(timestep: torch.Tensor | float | int, batch: int, device: torch.device) -> torch.Tensor:
+    """A scalar or ``(B,)`` timestep -> ``(B,)`` on ``device``; any other shape is refused."""
+    timestep = torch.as_tensor(timestep, device=device)
+    if timestep.ndim == 0:
+        return timestep.expand(batch)
+    if timestep.shape != (batch,):
+        raise ValueError(f"timestep must be a scalar or (B={batch},); got shape {tuple(timestep.shape)}")
+    return timestep
+
+
 def grid_positions(
     hidden_size: int,
     grid: tuple[int, int],

@@ -39,6 +39,7 @@ from cmdbench.cmd.autoencoder import sincos_embedding_2d
 from cmdbench.cmd.dit_blocks import (
     AdaLNFinalLayer,
     AdaLNZeroBlock,
+    batch_timesteps,
     grid_positions,
     init_dit_weights,
     unpatchify,
@@ -284,11 +285,7 @@ class MotionDiT(ModelMixin, ConfigMixin):
         self._check_inputs(sample, content)
         batch = sample.shape[0]
         dtype = self.motion_embed.proj.weight.dtype
-        timestep = torch.as_tensor(timestep, device=sample.device)
-        if timestep.ndim == 0:
-            timestep = timestep.expand(batch)
-        elif timestep.shape != (batch,):
-            raise ValueError(f"timestep must be a scalar or (B={batch},); got shape {tuple(timestep.shape)}")
+        timestep = batch_timesteps(timestep, batch, sample.device)
 
         cond = self.time_embed(self.time_proj(timestep).to(dtype))  # (B, hidden)
         y_emb = self._condition(batch, class_labels, encoder_hidden_states, encoder_attention_mask)
