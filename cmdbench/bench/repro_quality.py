@@ -332,10 +332,10 @@ class Run:
                    strict=self.args.limit is None)
 
     def clip(self):
-        if self.args.tiny:
-            from cmdbench.bench.tiny_judges import tiny_clip
+        if self.args.tiny:  # the labelled random tiny CLIP stand-in (same weights for a seed on every run)
+            from cmdbench.metrics.clipsim_standin import build_random_tiny_clip
 
-            return tiny_clip(self.work_dir / "tiny_clip")
+            return build_random_tiny_clip(seed=0, device=self._device())
         from cmdbench.metrics.clipsim import load_clip
 
         return load_clip(self.args.clip_weights, device=self._device())

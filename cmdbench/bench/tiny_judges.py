@@ -4,14 +4,14 @@
   mean absolute frame difference on a 2x2 grid, projected), so FVD needs only ``n > dim`` clips
   instead of more than 400. It follows the FVD extractor protocol (name, dim, min_frames, checksum,
   preprocessing, ``extract``) and is named ``tiny-pool-<dim>`` in every record.
-* :func:`tiny_clip`: a random-weight CLIP with the ViT-B/32 code path (width 64, 2 layers), saved to
-  a file and loaded through :func:`cmdbench.metrics.clipsim.load_clip` like the real one.
+
+The tiny CLIP of ``--tiny`` runs is the labelled CLIPSIM stand-in
+(:func:`cmdbench.metrics.clipsim_standin.build_random_tiny_clip`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,20 +53,3 @@ def tiny_protocol(num_real: int, num_fake: int, num_frames: int, extractor: Tiny
                         num_frames=num_frames, frame_stride=1, size=p.size, resize=p.resize,
                         value_range=p.value_range, ddof=1, sqrtm="svd", clip_seed=clip_seed,
                         resize_kernel=p.kernel, antialias=p.antialias, real_order="hashed")
-
-
-def tiny_clip(directory: str | Path, seed: int = 0):
-    """A random tiny CLIP saved under ``directory`` and loaded with the real loader (a LoadedCLIP)."""
-    from cmdbench.metrics.clipsim import _import_clip, load_clip
-
-    clip = _import_clip()
-    path = Path(directory) / f"tiny_clip_seed{seed}.pt"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = clip.model.CLIP(64, 224, 2, 64, 32, 77, 49408, 64, 1, 2)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
-    return load_clip(path)
