@@ -120,8 +120,8 @@ def window_start(seed: int, video_id: str, k: int, num_source_frames: int, span:
     return int(rng.integers(0, num_source_frames - span + 1))
 
 
-def crop_resize(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Centre-crop uint8 ``(T, 3, H, W)`` to the aspect ratio of ``size`` and resize to it (bilinear, AA)."""
+def centre_crop(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centre crop of ``(..., H, W)`` frames to the aspect ratio of ``size`` = (height, width) (a view)."""
     th, tw = size
     h, w = video.shape[-2:]
     if h * tw > w * th:  # too tall: crop rows
@@ -129,8 +129,12 @@ def crop_resize(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     else:  # too wide: crop columns
         ch, cw = h, max(1, round(h * tw / th))
     top, left = (h - ch) // 2, (w - cw) // 2
-    cropped = video[..., top : top + ch, left : left + cw]
-    return resize_video(cropped.unsqueeze(0), (th, tw), antialias=True)[0]
+    return video[..., top : top + ch, left : left + cw]
+
+
+def crop_resize(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Centre-crop uint8 ``(T, 3, H, W)`` to the aspect ratio of ``size`` and resize to it (bilinear, AA)."""
+    return resize_video(centre_crop(video, size).unsqueeze(0), tuple(size), antialias=True)[0]
 
 
 class ClipDataset(Dataset):
