@@ -259,13 +259,15 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-def ref_stats_for_dataset(args: Any, protocol: EvalProtocol, extractor: Any, cache: ReferenceCache) -> int:
+def ref_stats_for_dataset(args: Any, protocol: EvalProtocol, extractor: Any, cache: ReferenceCache, *,
+                          judge: str | None = None) -> int:
     """``cmdbench ref-stats``: sharded, resumable, cached real statistics; rank 0 prints and writes ``--out``.
 
     ``args`` carries ``dataset`` (``folder`` with ``videos``, or ``ucf101``/``webvid`` with ``root``), ``size,
     policy, batch_size, num_workers, work_dir, chunk_size, force, out, allow_few_classes`` and the dataset
     options ``split, fold, webvid_csv`` (those it has). Cached statistics built under another protocol or
     other numerics are never mixed in: the cache key and the checkpoint tags name all of them.
+    ``judge``: the line describing the judge the statistics are for (default: the FVD preset's).
     """
     from cmdbench.metrics.fvd import FVD
 
@@ -297,7 +299,7 @@ def ref_stats_for_dataset(args: Any, protocol: EvalProtocol, extractor: Any, cac
     meta = result.stats.metadata
     print(f"{'cached' if result.cached else 'computed'}: {result.stats.n} real clips of {name} "
           f"({meta.get('data_report', dataset.report.summary())}) -> {result.path}")
-    print(f"  FVD {fvd.describe()}")
+    print(f"  {judge or f'FVD {fvd.describe()}'}")
     if meta.get("class_warning"):
         print(f"  {meta['class_warning']}")
     for s in result.skipped:

@@ -415,11 +415,12 @@ def run(args: argparse.Namespace) -> int:
     if temp_out:
         args.out = str(Path(export[1]).with_name(f".{Path(export[1]).name}.{os.getpid()}.stats.npz"))
     try:
-        rc = ref_stats_for_dataset(args, protocol, CountingExtractor(extractor, bar), ReferenceCache(args.cache_dir))
+        line = (f"statistics for {args.protocol_metric}: {judge.describe()}"
+                if args.protocol_metric in JUDGE_METRIC_NAMES else None)
+        rc = ref_stats_for_dataset(args, protocol, CountingExtractor(extractor, bar), ReferenceCache(args.cache_dir),
+                                   judge=line)
     finally:
         bar.close()
-    if shard.rank == 0 and args.protocol_metric in JUDGE_METRIC_NAMES:
-        print(f"  statistics for {args.protocol_metric}: {judge.describe()}")
     if shard.rank == 0 and "random" in extractor.name:
         print(f"  RANDOM WEIGHTS: {extractor.name} is an offline stand-in; values against these statistics mean "
               "nothing")
