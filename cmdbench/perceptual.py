@@ -65,6 +65,19 @@ def load_lpips(net: str = "alex", device: str | torch.device = "cpu", backbone: 
     return model.to(device).eval().requires_grad_(False)
 
 
+def check_frame_size(model: torch.nn.Module, height: int, width: int) -> None:
+    """Raise a ValueError naming the size when the LPIPS ``model`` cannot compare ``height x width`` frames
+    (AlexNet's pooling leaves nothing of frames under 31x31): one probe forward on zeros."""
+    p = next(model.parameters())
+    probe = torch.zeros(1, 3, height, width, device=p.device, dtype=p.dtype)
+    try:
+        with torch.no_grad():
+            model(probe, probe)
+    except RuntimeError as err:
+        raise ValueError(f"LPIPS cannot score {height}x{width} frames (its AlexNet pools them to nothing; it needs "
+                         f"at least 31x31, the vgg net takes smaller ones): {err}") from err
+
+
 def load_backbone(model: torch.nn.Module, torchvision_state: dict[str, torch.Tensor]) -> None:
     """Copy torchvision's ``features.{i}.*`` into lpips' ``net.slice{k}.{i}.*`` (same modules, regrouped)."""
     target = model.net.state_dict()

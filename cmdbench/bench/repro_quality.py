@@ -694,7 +694,7 @@ def table4(run: Run) -> None:
     from cmdbench.bench.reference_sets import open_real_dataset
     from cmdbench.data.clips import iter_clips, make_loader
     from cmdbench.metrics import reconstruction
-    from cmdbench.perceptual import load_lpips
+    from cmdbench.perceptual import check_frame_size, load_lpips
     from cmdbench.video import float_to_uint8, uint8_to_float
 
     args = run.args
@@ -707,7 +707,7 @@ def table4(run: Run) -> None:
         h, w = TINY_RECON_SIZE
     backbone = "random" if args.tiny else "imagenet"
     lpips_model = load_lpips("alex", device=next(ae.parameters()).device, backbone=backbone)
-    _check_lpips_size(lpips_model, h, w)  # before any work: a clear error instead of a failure mid-run
+    check_frame_size(lpips_model, h, w)  # before any work: a clear error instead of a failure mid-run
     root = synthetic_inputs(run, frames, (h, w))["ucf101"] if args.tiny else args.ucf101_root
     fvd = run.fvd("fvd2048_16f", num_frames=frames, real_order="hashed")
     real = run.real_statistics("ucf101", root, fvd, (h, w))
@@ -754,20 +754,6 @@ def table4(run: Run) -> None:
                          metric.protocol, who, None, unit=metric.unit, higher_is_better=metric.higher_is_better,
                          notes=f"each reconstruction vs its input clip, {frames} frames of {h}x{w}: mean over "
                                f"frames per clip, then mean and sample std (ddof=1) over clips{provenance}"))
-
-
-def _check_lpips_size(model: Any, h: int, w: int) -> None:
-    """Raise a ValueError naming the frame size when ``model`` (LPIPS) cannot score ``h x w`` frames."""
-    import torch
-
-    p = next(model.parameters())
-    probe = torch.zeros(1, 3, h, w, device=p.device, dtype=p.dtype)
-    try:
-        with torch.no_grad():
-            model(probe, probe)
-    except RuntimeError as err:
-        raise ValueError(f"Table 4a: LPIPS cannot score {h}x{w} frames (its AlexNet pools them to nothing; it "
-                         f"needs at least 31x31): {err}") from err
 
 
 TABLES: dict[str, Callable[[Run], None]] = {"ucf101": table1, "msrvtt": table2, "webvid": table3_11,

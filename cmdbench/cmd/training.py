@@ -726,12 +726,11 @@ class StageTrainer:
     def _check_lpips_size(self) -> None:
         h, w = self.preset.height, self.preset.width
         try:
-            with torch.no_grad():
-                self.lpips(torch.zeros(1, 3, h, w, device=self.device), torch.zeros(1, 3, h, w, device=self.device))
-        except RuntimeError as err:
+            perceptual.check_frame_size(self.lpips, h, w)
+        except ValueError as err:
             raise TrainConfigError(
-                f"LPIPS '{self.cfg.lpips_net}' cannot compare {h}x{w} frames (preset {self.preset.name}): {err}. "
-                "AlexNet needs frames of at least 32x32; use lpips_net='vgg' for smaller ones"
+                f"LPIPS '{self.cfg.lpips_net}' (preset {self.preset.name}): {err}. AlexNet needs frames of at least "
+                "32x32; use lpips_net='vgg' for smaller ones"
             ) from None
 
     def model(self) -> torch.nn.Module:

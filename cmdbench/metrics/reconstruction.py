@@ -154,7 +154,13 @@ def lpips_per_frame(model: torch.nn.Module, videos: torch.Tensor, references: to
                     references.reshape(b * t, *references.shape[2:]).split(frames_per_call), strict=True):
         x = x.to(p.device, torch.float32) / 127.5 - 1.0  # (n, 3, H, W) in [-1, 1]
         y = y.to(p.device, torch.float32) / 127.5 - 1.0
-        out.append(model(x.to(p.dtype), y.to(p.dtype), normalize=False).reshape(-1).double().cpu())
+        try:
+            out.append(model(x.to(p.dtype), y.to(p.dtype), normalize=False).reshape(-1).double().cpu())
+        except RuntimeError:
+            from cmdbench.perceptual import check_frame_size
+
+            check_frame_size(model, *x.shape[-2:])  # a clear error when the frames are too small for LPIPS
+            raise
     return torch.cat(out).reshape(b, t)
 
 

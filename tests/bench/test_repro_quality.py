@@ -52,7 +52,7 @@ def test_missing_inputs_are_listed_together_before_any_work(tmp_path, monkeypatc
 
 
 def test_ablations_needs_the_lpips_backbone_and_frames_lpips_can_score(tmp_path, monkeypatch):
-    from cmdbench.bench.repro_quality import _check_lpips_size
+    from cmdbench.perceptual import check_frame_size as _check_lpips_size
     from cmdbench.perceptual import load_lpips
 
     for name in ENV:

@@ -159,6 +159,12 @@ def test_lpips_per_frame_equals_the_package_called_frame_by_frame(lpips_random):
     assert torch.equal(lpips_per_frame(lpips_random, ref, ref), torch.zeros(2, 3, dtype=torch.float64))
 
 
+def test_lpips_on_frames_too_small_for_alexnet_names_the_size(lpips_random):
+    rec, ref = random_pair(5, shape=(1, 2, 3, 16, 16))
+    with pytest.raises(ValueError, match="LPIPS cannot score 16x16 frames"):
+        lpips_per_frame(lpips_random, rec, ref)
+
+
 def test_lpips_metric_is_labelled_random(lpips_random):
     metric = LPIPS(backbone="random", model=lpips_random)
     rec, ref = random_pair(6, shape=(1, 2, 3, 32, 32))
